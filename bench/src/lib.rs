@@ -1,0 +1,2 @@
+//! Criterion benches live in `benches/`.
+#![forbid(unsafe_code)]

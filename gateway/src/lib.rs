@@ -1,0 +1,21 @@
+//! A stateless SCEP (RFC 8894) gateway: the Registration Authority between devices and
+//! one or more CAs, with its keys behind the `scep-hsm` interface.
+//!
+//! The path of one enrollment, file by file:
+//! ```text
+//! http::server   accept, TLS, limits          ─▶ http::routes  operation + message bytes
+//!   (GET: http::query decodes the base64 leniently)
+//! scep::request  SignedData → verify → EnvelopedData → RA key (hsm) → messageData
+//! enroll         store.claim → challenge → ca.issue → store.record
+//! scep::certrep  certs-only → envelope to the device → signed by the RA key (hsm)
+//! ```
+//! Every failure is one [`error::Error`]; [`error::Error::answer`] turns it into a CertRep
+//! FAILURE with its failInfo, or an HTTP status.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod cms;
+pub mod csr;
+pub mod error;
+pub mod ra;
+pub mod scep;
