@@ -6,7 +6,7 @@
 //! http::server   accept, TLS, limits          ─▶ http::routes  operation + message bytes
 //!   (GET: http::query decodes the base64 leniently)
 //! scep::request  SignedData → verify → EnvelopedData → RA key (hsm) → messageData
-//! enroll         store.claim → challenge → ca.issue → store.record
+//! enroll         store.claim → challenge → ca.issue → store.finish
 //! scep::certrep  certs-only → envelope to the device → signed by the RA key (hsm)
 //! ```
 //! Every failure is one [`error::Error`]; [`error::Error::answer`] turns it into a CertRep
@@ -14,8 +14,16 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod cert;
+pub mod challenge;
 pub mod cms;
+pub mod config;
 pub mod csr;
+pub mod enroll;
 pub mod error;
+pub mod http;
+pub mod init;
 pub mod ra;
 pub mod scep;
+pub mod service;
+pub mod store;

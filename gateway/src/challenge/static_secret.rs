@@ -1,0 +1,71 @@
+//! `mode = "static"`: one shared secret, as NDES's "single password" mode.
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::Challenge;
+use crate::ca::BoxFuture;
+use crate::csr::CertificationRequest;
+use crate::error::{Error, Result};
+
+/// The shared secret, kept only as its SHA-256 so that comparing takes the same time
+/// whatever the length or content of the guess.
+pub struct StaticChallenge {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for StaticChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticChallenge(..)")
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl StaticChallenge {
+    pub fn new(secret: Zeroizing<String>) -> Self {
+        StaticChallenge {
+            digest: sha256(secret.as_bytes()),
+        }
+    }
+
+    /// Constant-time check of a presented password.
+    pub fn matches(&self, presented: &str) -> bool {
+        sha256(presented.as_bytes()).ct_eq(&self.digest).into()
+    }
+}
+
+impl Challenge for StaticChallenge {
+    fn validate<'a>(&'a self, csr: &'a CertificationRequest) -> BoxFuture<'a, Result<()>> {
+        let result = match csr.challenge_password() {
+            Some(p) if self.matches(p) => Ok(()),
+            Some(_) => Err(Error::Refused("the challenge password is wrong".into())),
+            None => Err(Error::Refused("the request carries no challenge password".into())),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn mode(&self) -> &'static str {
+        "static"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_secret_matches() {
+        let c = StaticChallenge::new(Zeroizing::new("secret123".into()));
+        assert!(c.matches("secret123"));
+        assert!(!c.matches("secret12"));
+        assert!(!c.matches("secret1234"));
+        assert!(!c.matches(""));
+        assert_eq!(format!("{c:?}"), "StaticChallenge(..)");
+    }
+}

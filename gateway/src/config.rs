@@ -1,0 +1,391 @@
+//! The gateway's TOML configuration, validated once at start.
+//!
+//! Loading is two steps: [`FileConfig`] is the file as written (serde, unknown keys
+//! refused so that a typo is an error, not a silently ignored setting), and
+//! [`FileConfig::resolve`] turns relative paths into absolute ones against the config
+//! file's folder. Keys and certificates are then loaded by [`crate::service`], whose
+//! errors name the key in the file and the file on disk.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ca::embedded::EmbeddedCaConfig;
+
+/// Why the configuration cannot be used. Every message names the setting and, where
+/// there is one, the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+    #[error("{setting} = {path}: {reason}")]
+    File {
+        setting: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub ra: RaConfig,
+    pub ca: CaConfig,
+    /// Issuance policy of the embedded CA (key usage, EKU, validity, key sizes).
+    #[serde(default)]
+    pub profile: EmbeddedCaConfig,
+    #[serde(default)]
+    pub crypto: CryptoConfig,
+    pub challenge: ChallengeConfig,
+    #[serde(default)]
+    pub renewal: RenewalConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The next RA/CA set, served by GetNextCACert (RFC 8894 §4.6) ahead of a rollover.
+    #[serde(default)]
+    pub next: Option<NextConfig>,
+}
+
+/// `[server]`: the listener and the bounds on what a client may make us do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest POST body accepted (HTTP 413 beyond). A PKCSReq is 2–8 KiB.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Time a whole request may take, body included, before the connection is closed.
+    pub request_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    /// Optional TLS (rustls). SCEP itself does not need it (the messages are signed and
+    /// encrypted), but it hides the challenge of GET requests from the network.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("a valid literal address"),
+            max_body_bytes: 256 * 1024,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_connections: 1024,
+            shutdown_grace_secs: 20,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[ra]`: the RA certificate(s) and their keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaConfig {
+    /// PEM or DER certificate of the RA signing key (digitalSignature).
+    pub certificate: PathBuf,
+    /// Its PKCS#8 private key file.
+    pub key: PathBuf,
+    /// A separate encryption RA certificate (keyEncipherment) and key; when absent the
+    /// signing RA also decrypts.
+    pub encryption_certificate: Option<PathBuf>,
+    pub encryption_key: Option<PathBuf>,
+}
+
+/// `[ca]`: the embedded CA's certificate and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// Certificates above the CA (intermediates, then the root), PEM files, served after
+    /// the CA certificate in GetCACert.
+    #[serde(default)]
+    pub chain: Vec<PathBuf>,
+}
+
+/// `[crypto]`: the legacy switches. Both are off by default, and every use is logged
+/// and counted, so an operator can see when the last old client is gone.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoConfig {
+    /// Accept DES-CBC and DES-EDE3-CBC envelopes and answer in them (micromdm
+    /// scepclient, old Cisco IOS, Junos); advertises DES3 in GetCACaps.
+    pub legacy_des: bool,
+    /// Advertise SHA-1 in GetCACaps. SHA-1-signed requests are accepted either way;
+    /// replies are always signed with SHA-2.
+    pub legacy_sha1: bool,
+}
+
+/// `[challenge]`: how a PKCSReq's challengePassword is checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "mode", rename_all = "kebab-case")]
+pub enum ChallengeConfig {
+    /// One shared secret, read from a file (trailing newline ignored) or an environment
+    /// variable, never written inline in the config.
+    Static {
+        password_file: Option<PathBuf>,
+        password_env: Option<String>,
+    },
+    /// No challenge at all: anyone who can reach the gateway gets a certificate. Only
+    /// for closed test networks; logged loudly at start.
+    None,
+}
+
+/// `[renewal]`: RenewalReq policy (RFC 8894 §3.3.1.2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewalConfig {
+    /// Accept RenewalReq signed by a valid certificate of our CA, without a challenge.
+    pub allow: bool,
+    /// The new CSR must carry the same subject as the certificate being renewed.
+    pub require_same_subject: bool,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        RenewalConfig {
+            allow: true,
+            require_same_subject: true,
+        }
+    }
+}
+
+/// `[store]`: where transactions are remembered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How long a finished transaction is kept, so that a retry gets the same answer.
+    pub transaction_ttl_secs: u64,
+    /// Most transactions kept in memory; the oldest are dropped beyond it.
+    pub max_transactions: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            transaction_ttl_secs: 7 * 24 * 3600,
+            max_transactions: 1_000_000,
+        }
+    }
+}
+
+/// `[next]`: the certificates of the next RA/CA set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextConfig {
+    /// PEM files: the next CA certificate and the next RA certificate(s).
+    pub certificates: Vec<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`, then resolves every path in it against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut config: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.ra.certificate);
+        fix(&mut self.ra.key);
+        self.ra.encryption_certificate.as_mut().map(fix);
+        self.ra.encryption_key.as_mut().map(fix);
+        fix(&mut self.ca.certificate);
+        fix(&mut self.ca.key);
+        self.ca.chain.iter_mut().for_each(fix);
+        if let Some(tls) = &mut self.server.tls {
+            fix(&mut tls.certificate);
+            fix(&mut tls.key);
+        }
+        if let ChallengeConfig::Static {
+            password_file: Some(p),
+            ..
+        } = &mut self.challenge
+        {
+            fix(p);
+        }
+        if let Some(next) = &mut self.next {
+            next.certificates.iter_mut().for_each(fix);
+        }
+    }
+
+    /// Checks that need no file access.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.into(),
+            })
+        };
+        if self.server.max_body_bytes < 4096 {
+            return invalid("server.max_body_bytes", "must be at least 4096");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
+        if self.ra.encryption_certificate.is_some() != self.ra.encryption_key.is_some() {
+            return invalid(
+                "ra.encryption_certificate",
+                "encryption_certificate and encryption_key go together",
+            );
+        }
+        if let ChallengeConfig::Static {
+            password_file,
+            password_env,
+        } = &self.challenge
+        {
+            if password_file.is_some() == password_env.is_some() {
+                return invalid(
+                    "challenge.password_file",
+                    "a static challenge needs exactly one of password_file or password_env",
+                );
+            }
+        }
+        if let Some(next) = &self.next {
+            if next.certificates.is_empty() {
+                return invalid("next.certificates", "lists no certificate");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The commented `gateway.toml` that `scep-gateway init` writes.
+pub fn example(challenge_file: &str) -> String {
+    format!(
+        r#"# SCEP gateway configuration. Relative paths are relative to this file.
+# Every setting is documented in README.md ("Configuration").
+
+[server]
+# Address and port to listen on. Use 0.0.0.0:8080 to serve other machines.
+listen = "127.0.0.1:8080"
+# Largest PKIOperation POST body, in bytes (a PKCSReq is a few KiB).
+max_body_bytes = 262144
+header_timeout_secs = 10
+request_timeout_secs = 30
+max_connections = 1024
+shutdown_grace_secs = 20
+# Optional TLS:
+# [server.tls]
+# certificate = "tls.pem"
+# key = "tls.key.pem"
+
+[ra]
+# The RA certificate devices encrypt to and whose key signs every reply.
+certificate = "ra.pem"
+key = "ra.key.pem"
+# A separate encryption RA (keyEncipherment), if wanted:
+# encryption_certificate = "ra-enc.pem"
+# encryption_key = "ra-enc.key.pem"
+
+[ca]
+# The embedded CA that issues certificates.
+certificate = "ca.pem"
+key = "ca.key.pem"
+# Intermediates and root above it, served after it in GetCACert:
+# chain = ["root.pem"]
+
+[profile]
+# What the embedded CA puts in the certificates it issues.
+validity_days = 365
+key_usage = ["digitalSignature", "keyEncipherment"]
+extended_key_usage = ["1.3.6.1.5.5.7.3.2"]   # clientAuth
+copy_san = true
+min_rsa_bits = 2048
+
+[crypto]
+# DES and 3DES envelopes (micromdm scepclient, old routers). RFC 8894 forbids single DES.
+legacy_des = false
+# Advertise SHA-1 in GetCACaps (requests signed with SHA-1 are accepted regardless).
+legacy_sha1 = false
+
+[challenge]
+# "static": one shared challenge password, kept in a file next to this one.
+mode = "static"
+password_file = "{challenge_file}"
+# or: password_env = "SCEP_CHALLENGE"
+
+[renewal]
+# RenewalReq signed by a valid certificate of this CA needs no challenge.
+allow = true
+require_same_subject = true
+
+[store]
+# How long a finished transaction is remembered (retries get the same answer).
+transaction_ttl_secs = 604800
+max_transactions = 1000000
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("gateway.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_example_parses_and_paths_are_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &example("challenge.txt"));
+        let c = FileConfig::load(&p).unwrap();
+        assert_eq!(c.ra.certificate, dir.path().join("ra.pem"));
+        assert!(matches!(c.challenge, ChallengeConfig::Static { password_file: Some(ref f), .. } if f == &dir.path().join("challenge.txt")));
+        assert_eq!(c.server.max_body_bytes, 262144);
+    }
+
+    #[test]
+    fn a_typo_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = example("c.txt").replace("max_body_bytes", "max_body_byte");
+        let err = FileConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("max_body_byte"), "{err}");
+        assert!(err.contains("gateway.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_static_challenge_needs_one_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = example("c.txt").replace("# or: password_env", "password_env");
+        let err = FileConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("challenge.password_file"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! One PKIOperation, top to bottom (RFC 8894 §3.3): read the request, decide, answer.
+//!
+//! ```text
+//! parse ─▶ verify ─▶ open (RA key) ─▶ by messageType:
+//!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.finish
+//!   CertPoll:           store.get
+//!   GetCert:            store.certificate
+//!   GetCRL:             ca.crl
+//! ─▶ certrep::build (RA key)
+//! ```
+//! The private-key work (envelope unwrap, CertRep signature) runs on tokio's blocking
+//! pool: an HSM call or an RSA operation never stalls a reactor thread.
+
+use std::sync::Arc;
+
+use crate::ca::IssueRequest;
+use crate::cert::CertificateFields;
+use crate::cms::algorithms::ContentCipher;
+use crate::csr::CertificationRequest;
+use crate::error::{Answer, Error, Result};
+use crate::scep::certrep::{self, Outcome};
+use crate::scep::message::MessageType;
+use crate::scep::request::{Request, RequestBody, RequestHeader, SignedRequest};
+use crate::service::Gateway;
+use crate::store::{Claim, Record, TransactionKey};
+
+/// What happened, for the request log and metrics.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub message_type: Option<MessageType>,
+    pub transaction_id: Option<String>,
+    /// "success", "pending", or the failInfo name.
+    pub outcome: &'static str,
+    /// Why, for the log (never secret material).
+    pub detail: Option<String>,
+}
+
+/// Handles one pkiMessage and returns the CertRep bytes, or an error answered over HTTP.
+pub async fn pki_operation(gateway: Arc<Gateway>, message: bytes::Bytes) -> (Result<Vec<u8>>, Summary) {
+    let mut summary = Summary {
+        message_type: None,
+        transaction_id: None,
+        outcome: "malformed",
+        detail: None,
+    };
+    // Parse, verify and decrypt in one hop to the blocking pool.
+    let gw = gateway.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let signed = SignedRequest::parse(&message)?;
+        let header = signed.header.clone();
+        let opened = signed.verify().and_then(|()| signed.open(&gw.ra, gw.policy));
+        Ok::<_, Error>((header, opened))
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Unavailable(format!("request task failed: {e}"))));
+
+    let (header, opened) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            summary.detail = Some(e.to_string());
+            return (Err(e), summary);
+        }
+    };
+    summary.message_type = Some(header.message_type);
+    summary.transaction_id = Some(header.transaction_id.to_string());
+
+    let (cipher, outcome) = match opened {
+        Ok(request) => {
+            let cipher = request.cipher;
+            if cipher.is_legacy() {
+                tracing::info!(transaction_id = %header.transaction_id, cipher = cipher.name(), "legacy content cipher used");
+            }
+            (Some(cipher), decide(&gateway, request).await)
+        }
+        Err(e) => (None, Err(e)),
+    };
+
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => match e.answer() {
+            Answer::Failure(info) => {
+                summary.detail = Some(e.to_string());
+                Outcome::Failure {
+                    info,
+                    text: e.fail_info_text(),
+                }
+            }
+            Answer::Http(_) => {
+                summary.outcome = "unavailable";
+                summary.detail = Some(e.to_string());
+                return (Err(e), summary);
+            }
+        },
+    };
+    summary.outcome = match &outcome {
+        Outcome::Issued { .. } | Outcome::Crl(_) => "success",
+        Outcome::Pending => "pending",
+        Outcome::Failure { info, .. } => info.name(),
+    };
+    let reply = build_reply(gateway, header, cipher, outcome).await;
+    (reply, summary)
+}
+
+async fn build_reply(
+    gateway: Arc<Gateway>,
+    header: RequestHeader,
+    cipher: Option<ContentCipher>,
+    outcome: Outcome,
+) -> Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || certrep::build(&gateway.ra.signer, &header, cipher, &outcome))
+        .await
+        .unwrap_or_else(|e| Err(Error::Unavailable(format!("reply task failed: {e}"))))
+}
+
+/// Decides the outcome of a verified, decrypted request.
+async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
+    let header = &request.header;
+    match (header.message_type, &request.body) {
+        (MessageType::PkcsReq | MessageType::RenewalReq, RequestBody::CertificationRequest(der)) => {
+            enroll(gateway, header, der).await
+        }
+        (MessageType::CertPoll, RequestBody::CertPoll { .. }) => poll(gateway, header).await,
+        (MessageType::GetCert, RequestBody::IssuerAndSerial { issuer, serial }) => {
+            match gateway.store.certificate(issuer, serial).await? {
+                Some(certificate) => Ok(Outcome::Issued {
+                    certificates: vec![certificate],
+                }),
+                None => Err(Error::NotFound("no certificate with that issuer and serial".into())),
+            }
+        }
+        (MessageType::GetCrl, RequestBody::IssuerAndSerial { issuer, .. }) => {
+            let ca_subject = CertificateFields::parse(&gateway.ca.chain()[0])?.subject;
+            if issuer[..] != *ca_subject {
+                return Err(Error::NotFound("the CRL of an issuer we do not know".into()));
+            }
+            Ok(Outcome::Crl(gateway.ca.crl().await?))
+        }
+        (MessageType::CertRep, _) => Err(Error::Refused("a CertRep is not a request".into())),
+        _ => Err(Error::Refused("the message content does not fit its messageType".into())),
+    }
+}
+
+/// PKCSReq and RenewalReq (RFC 8894 §3.3.1): claim the transaction, check the right to
+/// enroll, issue, remember.
+async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Result<Outcome> {
+    let csr = CertificationRequest::parse(csr_der)?;
+    let key = transaction_key(gateway, header)?;
+
+    match gateway.store.claim(&key, gateway.claim_lease).await? {
+        Claim::Won => {}
+        Claim::Existing(Record::Issued { certificate }) => {
+            tracing::info!(transaction_id = %header.transaction_id, "retry answered from the store");
+            return Ok(issued(gateway, certificate));
+        }
+        Claim::Existing(Record::Pending | Record::InProgress) => return Ok(Outcome::Pending),
+        Claim::Conflict => {
+            return Err(Error::Refused(
+                "this transactionID belongs to another public key".into(),
+            ))
+        }
+    }
+
+    match authorize_and_issue(gateway, &key, header, &csr).await {
+        Ok(certificate) => {
+            let fields = CertificateFields::parse(&certificate)?;
+            // The certificate exists now: losing it from the store must not lose it
+            // from the reply.
+            if let Err(e) = gateway
+                .store
+                .put_certificate(fields.issuer, fields.serial(), certificate.clone())
+                .await
+            {
+                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not stored for GetCert");
+            }
+            if let Err(e) = gateway
+                .store
+                .finish(&key, Record::Issued { certificate: certificate.clone() })
+                .await
+            {
+                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries");
+            }
+            Ok(issued(gateway, certificate))
+        }
+        Err(e) => {
+            if let Err(release) = gateway.store.release(&key).await {
+                tracing::warn!(transaction_id = %header.transaction_id, error = %release, "claim not released; it lapses with its lease");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The right to enroll: a RenewalReq (or a PKCSReq signed with a certificate we issued,
+/// as macOS renews) needs a valid certificate of our CA; anything else the challenge.
+async fn authorize_and_issue(
+    gateway: &Gateway,
+    key: &TransactionKey,
+    header: &RequestHeader,
+    csr: &CertificationRequest,
+) -> Result<Arc<[u8]>> {
+    let signed_by_ours = key.renewing.is_some();
+    let renewing = match header.message_type {
+        MessageType::RenewalReq if !gateway.renewal.allow => {
+            return Err(Error::Refused("renewal is not allowed here".into()))
+        }
+        MessageType::RenewalReq if !signed_by_ours => {
+            return Err(Error::Refused(
+                "a RenewalReq must be signed with a valid certificate of this CA".into(),
+            ))
+        }
+        MessageType::RenewalReq => true,
+        _ => signed_by_ours && gateway.renewal.allow,
+    };
+    if renewing {
+        if gateway.renewal.require_same_subject {
+            let old = CertificateFields::parse(&header.signer_certificate)?;
+            if old.subject != csr.subject_der() {
+                return Err(Error::Refused(
+                    "a renewal must keep the subject of the certificate it renews".into(),
+                ));
+            }
+        }
+    } else {
+        gateway.challenge.validate(csr).await?;
+    }
+    let issued = gateway
+        .ca
+        .issue(IssueRequest {
+            csr,
+            renewing: renewing.then_some(&header.signer_certificate[..]),
+        })
+        .await?;
+    tracing::info!(
+        transaction_id = %header.transaction_id,
+        serial = %hex::encode(&issued.serial),
+        renewal = renewing,
+        "certificate issued"
+    );
+    Ok(issued.certificate)
+}
+
+/// CertPoll (RFC 8894 §3.3.3): the state of a transaction, from the store.
+async fn poll(gateway: &Gateway, header: &RequestHeader) -> Result<Outcome> {
+    let key = transaction_key(gateway, header)?;
+    match gateway.store.get(&key).await? {
+        Some(Record::Issued { certificate }) => Ok(issued(gateway, certificate)),
+        Some(Record::Pending | Record::InProgress) => Ok(Outcome::Pending),
+        None => Err(Error::NotFound("no such transaction".into())),
+    }
+}
+
+/// The transaction a request belongs to: its transactionID, its signer's key, and, when
+/// it is signed by a valid certificate of our CA (a renewal), that certificate.
+fn transaction_key(gateway: &Gateway, header: &RequestHeader) -> Result<TransactionKey> {
+    let signer = CertificateFields::parse(&header.signer_certificate)?;
+    let renewing = gateway
+        .ca
+        .issued_and_valid(&header.signer_certificate)
+        .then_some(&header.signer_certificate[..]);
+    Ok(TransactionKey::new(header.transaction_id.clone(), signer.spki, renewing))
+}
+
+/// SUCCESS with the new certificate first, then the CA chain (what micromdm and NDES
+/// send, and what clients that build the chain from the reply expect).
+fn issued(gateway: &Gateway, certificate: Arc<[u8]>) -> Outcome {
+    let mut certificates = Vec::with_capacity(1 + gateway.ca.chain().len());
+    certificates.push(certificate);
+    certificates.extend(gateway.ca.chain().iter().cloned());
+    Outcome::Issued { certificates }
+}

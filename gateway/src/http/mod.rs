@@ -1,0 +1,10 @@
+//! HTTP transport of SCEP (RFC 8894 §4.1): the server that accepts connections and the
+//! routes that turn a request into a SCEP operation.
+//!
+//! - [`server`]: accept loop, optional TLS, connection and size limits, graceful shutdown.
+//! - [`routes`]: `operation=` dispatch on the SCEP paths, health endpoints.
+//! - [`query`]: lenient decoding of the GET query string.
+
+pub mod query;
+pub mod routes;
+pub mod server;

@@ -1,0 +1,185 @@
+//! Dispatch of one HTTP request to a SCEP operation (RFC 8894 §4).
+//!
+//! SCEP is served on `/scep`, on NDES's `/certsrv/mscep/mscep.dll` (so device profiles
+//! written for NDES keep working) and on sscep's default `/cgi-bin/pkiclient.exe`. Nothing
+//! routes by Host: routers send HTTP/1.0 without one.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::query::{decode_message, ScepQuery};
+use crate::enroll::{self, Summary};
+use crate::error::{Answer, Error};
+use crate::service::Gateway;
+
+/// `application/x-pki-message`: the content type of a PKIOperation reply (§4.3).
+pub const PKI_MESSAGE: &str = "application/x-pki-message";
+
+const SCEP_PATHS: &[&str] = &[
+    "/scep",
+    "/scep/",
+    "/certsrv/mscep/mscep.dll",
+    "/certsrv/mscep/mscep.dll/pkiclient.exe",
+    "/cgi-bin/pkiclient.exe",
+];
+
+/// The bounds a route enforces on one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// The whole request, body included, must be answered within this time.
+    pub request_timeout: Duration,
+}
+
+/// Serves one request. Never fails: every error becomes a response.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    limits: Limits,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let operation = ScepQuery::parse(request.uri().query().unwrap_or("")).operation;
+    let work = route(gateway, limits, request);
+    let (response, summary) = match tokio::time::timeout(limits.request_timeout, work).await {
+        Ok(done) => done,
+        Err(_) => (
+            plain(StatusCode::SERVICE_UNAVAILABLE, "the request took too long\n"),
+            None,
+        ),
+    };
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match summary {
+        Some(s) => tracing::info!(
+            %method, %path, operation = operation.as_deref().unwrap_or(""),
+            message_type = s.message_type.map(|m| m.name()).unwrap_or(""),
+            transaction_id = s.transaction_id.as_deref().unwrap_or(""),
+            outcome = s.outcome, detail = s.detail.as_deref().unwrap_or(""),
+            status, latency_ms, "scep request"
+        ),
+        None => tracing::debug!(%method, %path, operation = operation.as_deref().unwrap_or(""), status, latency_ms, "http request"),
+    }
+    Ok(response)
+}
+
+async fn route(
+    gateway: Arc<Gateway>,
+    limits: Limits,
+    request: Request<Incoming>,
+) -> (Response<Full<Bytes>>, Option<Summary>) {
+    let path = request.uri().path();
+    match path {
+        "/healthz" => return (plain(StatusCode::OK, "ok\n"), None),
+        "/readyz" => return (plain(StatusCode::OK, "ready\n"), None),
+        _ if !SCEP_PATHS.contains(&path) => return (plain(StatusCode::NOT_FOUND, "not found\n"), None),
+        _ => {}
+    }
+    let query = ScepQuery::parse(request.uri().query().unwrap_or(""));
+    let method = request.method().clone();
+    // A POST without an operation can only be a PKIOperation.
+    let operation = match (&query.operation, &method) {
+        (Some(op), _) => op.clone(),
+        (None, &Method::POST) => "PKIOperation".to_owned(),
+        (None, _) => {
+            return (
+                plain(StatusCode::BAD_REQUEST, "missing operation parameter\n"),
+                None,
+            )
+        }
+    };
+    match (method, operation.as_str()) {
+        (Method::GET | Method::HEAD, "GetCACaps") => (
+            with_type(StatusCode::OK, "text/plain", Bytes::from(gateway.capabilities.clone())),
+            None,
+        ),
+        (Method::GET | Method::HEAD, "GetCACert") => {
+            // `message` may name a CA profile; with one CA every name gets the same answer.
+            let answer = &gateway.ca_cert;
+            (with_type(StatusCode::OK, answer.content_type, answer.body.clone()), None)
+        }
+        (Method::GET | Method::HEAD, "GetNextCACert") => match &gateway.next_ca_cert {
+            Some(answer) => (with_type(StatusCode::OK, answer.content_type, answer.body.clone()), None),
+            None => (error_response(&Error::NotAvailable("no next CA is configured")), None),
+        },
+        (Method::GET, "PKIOperation") => {
+            let Some(raw) = query.message.as_deref() else {
+                return (plain(StatusCode::BAD_REQUEST, "missing message parameter\n"), None);
+            };
+            match decode_message(raw) {
+                Ok(bytes) => pki_operation(gateway, Bytes::from(bytes)).await,
+                Err(e) => (error_response(&e), None),
+            }
+        }
+        (Method::POST, "PKIOperation") => match read_body(request, limits.max_body_bytes).await {
+            Ok(body) => pki_operation(gateway, body).await,
+            Err(e) => (error_response(&e), None),
+        },
+        (_, "GetCACaps" | "GetCACert" | "GetNextCACert" | "PKIOperation") => (
+            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            None,
+        ),
+        (_, other) => (error_response(&Error::UnknownOperation(truncate(other))), None),
+    }
+}
+
+async fn pki_operation(gateway: Arc<Gateway>, message: Bytes) -> (Response<Full<Bytes>>, Option<Summary>) {
+    let (result, summary) = enroll::pki_operation(gateway, message).await;
+    let response = match result {
+        Ok(reply) => with_type(StatusCode::OK, PKI_MESSAGE, Bytes::from(reply)),
+        Err(e) => error_response(&e),
+    };
+    (response, Some(summary))
+}
+
+/// Reads a POST body up to `max` bytes: a declared length beyond it is refused before
+/// reading, an undeclared one when it crosses the limit.
+async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Error> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(Error::TooLarge);
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge),
+        Err(e) => Err(Error::Malformed(format!("the request body could not be read: {e}"))),
+    }
+}
+
+fn error_response(error: &Error) -> Response<Full<Bytes>> {
+    let status = match error.answer() {
+        Answer::Http(status) => status,
+        // Only reached when no CertRep could be built: a client error.
+        Answer::Failure(_) => StatusCode::BAD_REQUEST,
+    };
+    plain(status, &format!("{error}\n"))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    with_type(status, "text/plain; charset=utf-8", Bytes::from(text.to_owned()))
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,270 @@
+//! Everything a request needs, built once from the configuration: RA keys, the CA, the
+//! store, the challenge validator, and the prepared GetCACaps/GetCACert answers.
+//!
+//! Every check that can fail on bad configuration happens here, at start, with a message
+//! that names the setting and the file: a certificate that does not match its key, an RA
+//! certificate without the key usage clients need, an unreadable challenge file.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scep_hsm::{Key, SoftwareKey};
+use x509_cert::der::Decode;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
+use zeroize::Zeroizing;
+
+use crate::ca::embedded::EmbeddedCa;
+use crate::ca::Ca;
+use crate::cert::CertificateFields;
+use crate::challenge::static_secret::StaticChallenge;
+use crate::challenge::{Challenge, NoChallenge};
+use crate::config::{ChallengeConfig, ConfigError, FileConfig, RenewalConfig};
+use crate::ra::{Credential, RaKeys};
+use crate::scep::cacert::{self, CaCertAnswer};
+use crate::scep::capabilities::Capabilities;
+use crate::scep::request::CryptoPolicy;
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
+
+/// The running gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    pub ra: RaKeys,
+    pub ca: Arc<dyn Ca>,
+    pub store: Arc<dyn Store>,
+    pub challenge: Arc<dyn Challenge>,
+    pub policy: CryptoPolicy,
+    pub renewal: RenewalConfig,
+    /// The GetCACaps body.
+    pub capabilities: String,
+    pub ca_cert: CaCertAnswer,
+    pub next_ca_cert: Option<CaCertAnswer>,
+    /// How long a claimed transaction stays claimed if this process dies mid-way.
+    pub claim_lease: Duration,
+}
+
+impl Gateway {
+    /// Loads keys and certificates and assembles the gateway.
+    pub fn from_config(config: &FileConfig) -> Result<Self, ConfigError> {
+        let signer = load_credential("ra.certificate", &config.ra.certificate, "ra.key", &config.ra.key)?;
+        require_usage("ra.certificate", &config.ra.certificate, &signer.certificate, Usage::Sign)?;
+        let decrypter = match (&config.ra.encryption_certificate, &config.ra.encryption_key) {
+            (Some(cert), Some(key)) => {
+                let c = load_credential("ra.encryption_certificate", cert, "ra.encryption_key", key)?;
+                require_usage("ra.encryption_certificate", cert, &c.certificate, Usage::Decrypt)?;
+                c
+            }
+            _ => {
+                require_usage("ra.certificate", &config.ra.certificate, &signer.certificate, Usage::Decrypt)?;
+                signer.clone()
+            }
+        };
+        if !decrypter.key.algorithm().is_rsa() {
+            return Err(ConfigError::Invalid {
+                setting: "ra.key",
+                reason: "the RA decryption key must be RSA (SCEP key transport is RSA)".into(),
+            });
+        }
+        let ra = RaKeys { signer, decrypter };
+
+        let ca_credential = load_credential("ca.certificate", &config.ca.certificate, "ca.key", &config.ca.key)?;
+        require_usage("ca.certificate", &config.ca.certificate, &ca_credential.certificate, Usage::Ca)?;
+        let mut chain_above = Vec::new();
+        for path in &config.ca.chain {
+            chain_above.extend(load_certificates("ca.chain", path)?);
+        }
+        let ca = EmbeddedCa::new(ca_credential, chain_above, config.profile.clone()).map_err(|e| {
+            ConfigError::Invalid {
+                setting: "profile",
+                reason: e.to_string(),
+            }
+        })?;
+        let ca: Arc<dyn Ca> = Arc::new(ca);
+
+        let next = match &config.next {
+            Some(next) => {
+                let mut certs = Vec::new();
+                for path in &next.certificates {
+                    certs.extend(load_certificates("next.certificates", path)?);
+                }
+                Some(cacert::next_ca_cert(&ra.signer, &certs).map_err(|e| ConfigError::Invalid {
+                    setting: "next.certificates",
+                    reason: e.to_string(),
+                })?)
+            }
+            None => None,
+        };
+
+        let capabilities = Capabilities {
+            legacy_des: config.crypto.legacy_des,
+            legacy_sha1: config.crypto.legacy_sha1,
+            next_ca: next.is_some(),
+        };
+        if config.crypto.legacy_des {
+            tracing::warn!("legacy DES/3DES envelopes are enabled ([crypto] legacy_des); every use is logged");
+        }
+        Ok(Gateway {
+            ca_cert: cacert::ca_cert(&ra, ca.chain()),
+            ra,
+            ca,
+            store: Arc::new(MemoryStore::new(
+                Duration::from_secs(config.store.transaction_ttl_secs),
+                config.store.max_transactions,
+            )),
+            challenge: load_challenge(&config.challenge)?,
+            policy: CryptoPolicy {
+                legacy_des: config.crypto.legacy_des,
+            },
+            renewal: config.renewal.clone(),
+            capabilities: capabilities.render(),
+            next_ca_cert: next,
+            claim_lease: Duration::from_secs(config.server.request_timeout_secs.max(30)),
+        })
+    }
+}
+
+fn load_challenge(config: &ChallengeConfig) -> Result<Arc<dyn Challenge>, ConfigError> {
+    match config {
+        ChallengeConfig::None => {
+            tracing::warn!("challenge mode \"none\": every request that reaches this gateway gets a certificate");
+            Ok(Arc::new(NoChallenge))
+        }
+        ChallengeConfig::Static {
+            password_file,
+            password_env,
+        } => {
+            let secret = match (password_file, password_env) {
+                (Some(path), _) => {
+                    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                        setting: "challenge.password_file",
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?);
+                    Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned())
+                }
+                (None, Some(var)) => Zeroizing::new(std::env::var(var).map_err(|_| ConfigError::Invalid {
+                    setting: "challenge.password_env",
+                    reason: format!("the environment variable {var} is not set"),
+                })?),
+                (None, None) => unreachable!("checked when the config was parsed"),
+            };
+            if secret.is_empty() {
+                return Err(ConfigError::Invalid {
+                    setting: "challenge",
+                    reason: "the static challenge password is empty".into(),
+                });
+            }
+            Ok(Arc::new(StaticChallenge::new(secret)))
+        }
+    }
+}
+
+/// Loads a certificate and its private key and checks that they belong together.
+fn load_credential(
+    cert_setting: &'static str,
+    cert_path: &Path,
+    key_setting: &'static str,
+    key_path: &Path,
+) -> Result<Credential, ConfigError> {
+    let mut certs = load_certificates(cert_setting, cert_path)?;
+    let certificate = certs.remove(0);
+    let key = SoftwareKey::from_file(key_path).map_err(|e| ConfigError::File {
+        setting: key_setting,
+        path: key_path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let fields = CertificateFields::parse(&certificate).map_err(|e| ConfigError::File {
+        setting: cert_setting,
+        path: cert_path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if fields.spki != key.public_key_info() {
+        return Err(ConfigError::File {
+            setting: key_setting,
+            path: key_path.to_owned(),
+            reason: format!("this key does not belong to the certificate {}", cert_path.display()),
+        });
+    }
+    Ok(Credential {
+        key: Arc::new(key),
+        certificate,
+    })
+}
+
+/// Reads every certificate of a PEM file (or the one certificate of a DER file), keeping
+/// each certificate's bytes exactly as they are.
+pub fn load_certificates(setting: &'static str, path: &Path) -> Result<Vec<Arc<[u8]>>, ConfigError> {
+    let fail = |reason: String| ConfigError::File {
+        setting,
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let mut certs = Vec::new();
+    if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        let text = String::from_utf8(bytes).map_err(|_| fail("not a text PEM file".into()))?;
+        for block in text.split("-----BEGIN ").skip(1) {
+            let pem = format!("-----BEGIN {block}");
+            let (label, der) = der::pem::decode_vec(pem.trim_end().as_bytes()).map_err(|e| fail(e.to_string()))?;
+            if label == "CERTIFICATE" {
+                certs.push(Arc::from(der));
+            }
+        }
+    } else {
+        certs.push(Arc::from(bytes));
+    }
+    if certs.is_empty() {
+        return Err(fail("holds no CERTIFICATE".into()));
+    }
+    for cert in &certs {
+        x509_cert::Certificate::from_der(cert).map_err(|e| fail(format!("not a valid X.509 certificate: {e}")))?;
+    }
+    Ok(certs)
+}
+
+enum Usage {
+    Sign,
+    Decrypt,
+    Ca,
+}
+
+/// RFC 8894 §2.1 and the field notes: RA certificates must carry digitalSignature (and
+/// keyEncipherment for the one clients encrypt to), or Windows and jscep refuse them.
+fn require_usage(setting: &'static str, path: &Path, der: &[u8], usage: Usage) -> Result<(), ConfigError> {
+    let fail = |reason: &str| {
+        Err(ConfigError::File {
+            setting,
+            path: path.to_owned(),
+            reason: reason.into(),
+        })
+    };
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return fail("not a valid X.509 certificate");
+    };
+    let tbs = cert.tbs_certificate();
+    let ku = tbs.get_extension::<KeyUsage>().ok().flatten().map(|(_, ku)| ku);
+    match usage {
+        Usage::Sign if ku.is_some_and(|ku| !ku.digital_signature()) => {
+            fail("the RA certificate lacks the digitalSignature key usage")
+        }
+        Usage::Decrypt if ku.is_some_and(|ku| !ku.key_encipherment()) => {
+            fail("the RA certificate clients encrypt to lacks the keyEncipherment key usage")
+        }
+        Usage::Ca => {
+            let is_ca = tbs
+                .get_extension::<BasicConstraints>()
+                .ok()
+                .flatten()
+                .is_some_and(|(_, bc)| bc.ca);
+            if !is_ca {
+                return fail("the CA certificate is not a CA (basicConstraints cA is not true)");
+            }
+            if ku.is_some_and(|ku| !ku.key_cert_sign()) {
+                return fail("the CA certificate lacks the keyCertSign key usage");
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}

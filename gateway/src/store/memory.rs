@@ -1,0 +1,216 @@
+//! The in-process store: two `dashmap`s, for one gateway node.
+//!
+//! dashmap shards its locks, and no lock is held across an await (every method does its
+//! map work synchronously and returns a ready future).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+
+use super::{Claim, Record, Store, TransactionKey};
+use crate::ca::BoxFuture;
+use crate::error::{Error, Result};
+use crate::scep::message::TransactionId;
+
+#[derive(Debug)]
+struct Entry {
+    key_hash: [u8; 32],
+    record: Record,
+    /// When this entry may be dropped: the lease end while InProgress, else the TTL.
+    expires: Instant,
+}
+
+/// Transactions and issued certificates in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    transactions: DashMap<(TransactionId, Option<[u8; 32]>), Entry>,
+    certificates: DashMap<(Vec<u8>, Vec<u8>), (Arc<[u8]>, Instant)>,
+    ttl: Duration,
+    max_entries: usize,
+}
+
+impl MemoryStore {
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        MemoryStore {
+            transactions: DashMap::new(),
+            certificates: DashMap::new(),
+            ttl,
+            max_entries,
+        }
+    }
+
+    /// Drops expired entries. Called periodically by the server, and when full.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.transactions.retain(|_, e| e.expires > now);
+        self.certificates.retain(|_, (_, expires)| *expires > now);
+    }
+
+    fn ensure_room(&self) -> Result<()> {
+        if self.transactions.len() >= self.max_entries {
+            self.sweep();
+            if self.transactions.len() >= self.max_entries {
+                return Err(Error::Unavailable("the transaction store is full".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn claim_now(&self, key: &TransactionKey, lease: Duration) -> Result<Claim> {
+        let now = Instant::now();
+        self.ensure_room()?;
+        match self.transactions.entry(key.slot()) {
+            MapEntry::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                if entry.expires <= now {
+                    // A lapsed lease or an expired record: start over.
+                    *entry = Entry {
+                        key_hash: key.key_hash,
+                        record: Record::InProgress,
+                        expires: now + lease,
+                    };
+                    Ok(Claim::Won)
+                } else if entry.key_hash != key.key_hash {
+                    Ok(Claim::Conflict)
+                } else {
+                    Ok(Claim::Existing(entry.record.clone()))
+                }
+            }
+            MapEntry::Vacant(slot) => {
+                slot.insert(Entry {
+                    key_hash: key.key_hash,
+                    record: Record::InProgress,
+                    expires: now + lease,
+                });
+                Ok(Claim::Won)
+            }
+        }
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl Store for MemoryStore {
+    fn claim<'a>(&'a self, key: &'a TransactionKey, lease: Duration) -> BoxFuture<'a, Result<Claim>> {
+        ready(self.claim_now(key, lease))
+    }
+
+    fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>> {
+        let expires = Instant::now() + self.ttl;
+        self.transactions.insert(
+            key.slot(),
+            Entry {
+                key_hash: key.key_hash,
+                record,
+                expires,
+            },
+        );
+        ready(Ok(()))
+    }
+
+    fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>> {
+        self.transactions
+            .remove_if(&key.slot(), |_, e| e.key_hash == key.key_hash && e.record == Record::InProgress);
+        ready(Ok(()))
+    }
+
+    fn get<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<Option<Record>>> {
+        let now = Instant::now();
+        let found = self.transactions.get(&key.slot()).and_then(|e| {
+            (e.key_hash == key.key_hash && e.expires > now).then(|| e.record.clone())
+        });
+        ready(Ok(found))
+    }
+
+    fn put_certificate<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        certificate: Arc<[u8]>,
+    ) -> BoxFuture<'a, Result<()>> {
+        let expires = Instant::now() + self.ttl;
+        self.certificates
+            .insert((issuer.to_vec(), serial.to_vec()), (certificate, expires));
+        ready(Ok(()))
+    }
+
+    fn certificate<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Arc<[u8]>>>> {
+        let found = self
+            .certificates
+            .get(&(issuer.to_vec(), serial.to_vec()))
+            .map(|e| e.0.clone());
+        ready(Ok(found))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, spki: &[u8]) -> TransactionKey {
+        TransactionKey::new(TransactionId::new(id.into()).unwrap(), spki, None)
+    }
+
+    #[tokio::test]
+    async fn a_transaction_is_claimed_once_and_replayed_after() {
+        let store = MemoryStore::new(Duration::from_secs(60), 10);
+        let k = key("t1", b"key-a");
+        assert_eq!(store.claim(&k, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store.claim(&k, Duration::from_secs(5)).await.unwrap(),
+            Claim::Existing(Record::InProgress)
+        );
+        let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
+        store.finish(&k, Record::Issued { certificate: cert.clone() }).await.unwrap();
+        assert_eq!(
+            store.claim(&k, Duration::from_secs(5)).await.unwrap(),
+            Claim::Existing(Record::Issued { certificate: cert })
+        );
+        assert_eq!(
+            store.claim(&key("t1", b"key-b"), Duration::from_secs(5)).await.unwrap(),
+            Claim::Conflict
+        );
+        // A renewal with the same key and transactionID is a transaction of its own.
+        let renewal = TransactionKey::new(k.id.clone(), b"key-a", Some(b"old cert"));
+        assert_eq!(store.claim(&renewal, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+    }
+
+    #[tokio::test]
+    async fn a_released_or_lapsed_claim_can_be_won_again() {
+        let store = MemoryStore::new(Duration::from_secs(60), 10);
+        let k = key("t2", b"key-a");
+        assert_eq!(store.claim(&k, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+        store.release(&k).await.unwrap();
+        assert_eq!(store.claim(&k, Duration::ZERO).await.unwrap(), Claim::Won);
+        // The zero lease has lapsed already: another claim wins.
+        assert_eq!(store.claim(&k, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_instead_of_growing() {
+        let store = MemoryStore::new(Duration::from_secs(60), 2);
+        for i in 0..2 {
+            store.claim(&key(&format!("t{i}"), b"k"), Duration::from_secs(5)).await.unwrap();
+        }
+        assert!(matches!(
+            store.claim(&key("t9", b"k"), Duration::from_secs(5)).await,
+            Err(Error::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn certificates_are_found_by_issuer_and_serial() {
+        let store = MemoryStore::new(Duration::from_secs(60), 10);
+        store.put_certificate(b"issuer", &[1, 2], Arc::from(&b"c"[..])).await.unwrap();
+        assert!(store.certificate(b"issuer", &[1, 2]).await.unwrap().is_some());
+        assert!(store.certificate(b"issuer", &[1, 3]).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,111 @@
+//! Where transactions are remembered, so that a retried request gets the same answer
+//! and never a second certificate (RFC 8894 §3.2.1.1: "the transactionID MUST be kept
+//! the same for all messages in one transaction").
+//!
+//! A transaction is keyed by its transactionID *and* a hash of the requester's public
+//! key: clients derive the transactionID from the key, so a reused key repeats it, and a
+//! different key presenting the same transactionID is someone else (refused).
+//!
+//! The in-process [`memory::MemoryStore`] serves one node; a shared Redis store (same
+//! trait) serves a fleet of replicas.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ca::BoxFuture;
+use crate::error::Result;
+use crate::scep::message::TransactionId;
+
+/// The identity of one transaction.
+///
+/// A renewal is its own transaction even when the client keeps its key and therefore its
+/// transactionID (micromdm scepclient does): it is told apart by the certificate it
+/// renews, so a renewal is never answered with the certificate it is renewing, while a
+/// retry of the same renewal still is answered from the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TransactionKey {
+    pub id: TransactionId,
+    /// SHA-256 of the certificate being renewed, for requests signed by one of ours.
+    pub renewing: Option<[u8; 32]>,
+    /// SHA-256 of the DER SubjectPublicKeyInfo of the request's signer certificate.
+    pub key_hash: [u8; 32],
+}
+
+impl TransactionKey {
+    pub fn new(id: TransactionId, signer_spki: &[u8], renewing: Option<&[u8]>) -> Self {
+        TransactionKey {
+            id,
+            renewing: renewing.map(sha256),
+            key_hash: sha256(signer_spki),
+        }
+    }
+
+    /// What the store indexes by: the transactionID and, for renewals, the certificate
+    /// renewed. The key hash is compared, not indexed, so that another key presenting the
+    /// same transactionID is detected as a conflict.
+    pub fn slot(&self) -> (TransactionId, Option<[u8; 32]>) {
+        (self.id.clone(), self.renewing)
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// What is known of a transaction that has been claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A replica is working on it right now (until the lease runs out).
+    InProgress,
+    /// The CA has not decided yet; CertPoll answers PENDING.
+    Pending,
+    /// The certificate was issued; every retry and CertPoll gets it again.
+    Issued { certificate: Arc<[u8]> },
+}
+
+/// The answer to [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody had it: the caller now owns the transaction and must `finish` or `release`.
+    Won,
+    /// Already known: answer from the record.
+    Existing(Record),
+    /// The transactionID belongs to another public key.
+    Conflict,
+}
+
+/// The transaction store.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Atomically claims `key` for `lease` if it is unknown; otherwise tells what is known.
+    fn claim<'a>(&'a self, key: &'a TransactionKey, lease: Duration) -> BoxFuture<'a, Result<Claim>>;
+
+    /// Records the final state of a claimed transaction (Issued or Pending).
+    fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>>;
+
+    /// Forgets a claimed transaction that ended without a certificate (a refusal, an
+    /// outage), so that the client's retry runs again instead of replaying a failure.
+    fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>>;
+
+    /// Reads a transaction without claiming it (CertPoll).
+    fn get<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<Option<Record>>>;
+
+    /// Keeps an issued certificate findable by issuer and serial (GetCert).
+    fn put_certificate<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        certificate: Arc<[u8]>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Finds a certificate by its issuer Name (DER) and serial (INTEGER content bytes).
+    fn certificate<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Arc<[u8]>>>>;
+}

@@ -1,0 +1,250 @@
+//! Shared pieces of the end-to-end tests: a real `scep-gateway` process on a free
+//! loopback port, a raw HTTP client (so that tests can send what no polite client
+//! would), and the check that a peer tool exists.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const CHALLENGE: &str = "secret123";
+
+/// Panics when a peer program is missing. `scripts/test-all` installs them all; a test
+/// that silently skipped would hide a broken interop.
+pub fn require_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed: run scripts/test-all, which installs every tool the tests drive");
+}
+
+/// Options for a gateway under test.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub legacy_des: bool,
+    /// Lines appended to gateway.toml (later keys of a table must not repeat earlier ones).
+    pub extra_config: Vec<(String, String)>,
+}
+
+/// A running `scep-gateway serve`, killed on drop.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(options: Options) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let mut init = Command::new(env!("CARGO_BIN_EXE_scep-gateway"));
+        init.args(["init", "--dir"]).arg(&pki).args(["--challenge", CHALLENGE]);
+        if options.legacy_des {
+            init.arg("--legacy-des");
+        }
+        let out = init.output().unwrap();
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let config = pki.join("gateway.toml");
+        for (key, replacement) in &options.extra_config {
+            let text = std::fs::read_to_string(&config).unwrap();
+            let edited = set_config(&text, key, replacement);
+            std::fs::write(&config, edited).unwrap();
+        }
+        Self::serve(dir, &config)
+    }
+
+    fn serve(dir: tempfile::TempDir, config: &Path) -> Gateway {
+        let log = dir.path().join("gateway.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scep-gateway"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .env("SCEP_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut addr = None;
+        let mut line = String::new();
+        while stdout.read_line(&mut line).unwrap() > 0 {
+            if let Some(rest) = line.trim().strip_prefix("SCEP gateway listening on http://") {
+                addr = Some(rest.trim_end_matches("/scep").parse().unwrap());
+                break;
+            }
+            line.clear();
+        }
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            panic!("the gateway did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        Gateway { dir, addr, child, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/scep", self.addr)
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    pub fn ca_pem(&self) -> PathBuf {
+        self.pki().join("ca.pem")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Still running (not crashed)?
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Asserts the process is alive and no panic was logged.
+    pub fn assert_healthy(&mut self) {
+        assert!(self.alive(), "the gateway died:\n{}", self.log());
+        let log = self.log();
+        assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `key = ...` in the TOML text (the first occurrence), or appends the line.
+fn set_config(text: &str, key: &str, value: &str) -> String {
+    let mut done = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if !done && line.trim_start().starts_with(&format!("{key} =")) {
+            out.push_str(&format!("{key} = {value}\n"));
+            done = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(done, "no `{key} =` line in gateway.toml");
+    out
+}
+
+/// An HTTP response as read off the socket.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends raw request bytes and reads the reply (the request should say
+/// `Connection: close`, or be HTTP/1.0).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    parse_response(&bytes)
+}
+
+pub fn get(addr: SocketAddr, target: &str) -> Response {
+    raw_request(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn post(addr: SocketAddr, target: &str, body: &[u8]) -> Response {
+    let mut req = format!(
+        "POST {target} HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-pki-message\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    raw_request(addr, &req)
+}
+
+fn parse_response(bytes: &[u8]) -> Response {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(bytes)));
+    let head = std::str::from_utf8(&bytes[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = bytes[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response { status, headers, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+    out
+}
+
+/// Runs `openssl verify -CAfile ca cert` and asserts it says OK.
+pub fn openssl_verify(ca: &Path, cert: &Path) {
+    let openssl = require_tool("openssl");
+    let out = Command::new(openssl).arg("verify").arg("-CAfile").arg(ca).arg(cert).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(": OK"),
+        "openssl verify failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `openssl x509 -noout -<what>` of a PEM certificate.
+pub fn openssl_x509(cert: &Path, what: &[&str]) -> String {
+    let out = Command::new(require_tool("openssl"))
+        .args(["x509", "-noout", "-in"])
+        .arg(cert)
+        .args(what)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
