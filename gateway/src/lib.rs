@@ -17,5 +17,6 @@ pub mod ca;
 pub mod cms;
 pub mod csr;
 pub mod error;
+pub mod init;
 pub mod ra;
 pub mod scep;

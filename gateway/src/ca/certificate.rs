@@ -524,7 +524,7 @@ impl<'a> ParsedCertificate<'a> {
                 let tag = Tag::peek(r)?;
                 if tag == context_tag(3, true) {
                     let header = der::Header::decode(r)?;
-                    extensions = r.read_nested(header.length(), |r| Vec::<Extension>::decode(r))?;
+                    extensions = r.read_nested(header.length(), Vec::<Extension>::decode)?;
                 } else {
                     r.tlv_bytes()?; // issuerUniqueID, subjectUniqueID
                 }
