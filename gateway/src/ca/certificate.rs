@@ -662,6 +662,13 @@ pub fn verify_signature(
     let spki =
         SubjectPublicKeyInfoRef::from_der(public_key_info).map_err(|_| SignatureCheck::BadKey)?;
     let key_alg = key_algorithm_of(&spki)?;
+    if let KeyAlgorithm::Rsa { bits } = key_alg {
+        if !(1024..=8192).contains(&bits) {
+            return Err(SignatureCheck::Unsupported(format!(
+                "RSA keys of {bits} bits"
+            )));
+        }
+    }
     let verifier = verification_algorithm(key_alg, algorithm)?;
     let key = spki
         .subject_public_key

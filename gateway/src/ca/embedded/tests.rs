@@ -351,3 +351,72 @@ fn config_from_toml() {
     let bad: EmbeddedCaConfig = toml::from_str("key_usage = [\"keyCertSign\"]").unwrap();
     assert!(bad.validate().is_err());
 }
+
+/// The CA of the captured requests was made by OpenSSL (PrintableString names, three
+/// RDNs, its own SKI): issuing under it must copy its subject byte for byte and use its
+/// SKI as our AKI, or `openssl verify` fails.
+#[tokio::test]
+async fn foreign_ca_certificate_issues_verifiable_certificates() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let credential = Credential {
+        key: Arc::new(SoftwareKey::from_file(&data.join("ra-ca.key.pem")).unwrap()),
+        certificate: read_pem(&data.join("ra-ca.pem")).into(),
+    };
+    let ca = EmbeddedCa::new(credential, vec![], EmbeddedCaConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let issued = issue(&ca, &rsa_csr(2048, None, Some("DNS:b.example")))
+        .await
+        .unwrap();
+    let cert = write_pem(dir.path(), "cert.pem", &issued.certificate);
+    let ca_pem = data.join("ra-ca.pem");
+    openssl(&["verify", "-CAfile", ca_pem.to_str().unwrap(), &cert]);
+    let text = openssl(&["x509", "-in", &cert, "-noout", "-text"]);
+    assert!(
+        text.contains("84:F8:53:41:0F:D5:C5:C3:65:5C:6C:E1:00:9B:54:4A:5C:8D:A2:0F"),
+        "{text}"
+    );
+    let crl = ca.crl().await.unwrap();
+    let crl_path = dir.path().join("crl.der");
+    std::fs::write(&crl_path, crl).unwrap();
+    let out = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        crl_path.to_str().unwrap(),
+        "-CAfile",
+        ca_pem.to_str().unwrap(),
+        "-noout",
+        "-verify",
+    ]);
+    assert!(out.contains("verify OK"), "{out}");
+}
+
+/// The signer certificates real clients put in their PKCSReqs: certmonger's has a
+/// 32-byte serial and a validity into 2126 (GeneralizedTime), micromdm scepclient's a
+/// serial with the top bit set. Both must read, and neither was issued by us.
+#[test]
+fn client_signer_certificates_parse_leniently() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = dev_ca(dir.path(), EmbeddedCaConfig::default());
+    for (client, serial_len) in [("certmonger", 32), ("scepclient", 17)] {
+        let request = data.join(format!("{client}-pkcsreq.der"));
+        let pem = openssl(&[
+            "pkcs7",
+            "-inform",
+            "DER",
+            "-in",
+            request.to_str().unwrap(),
+            "-print_certs",
+        ]);
+        let start = pem.find("-----BEGIN CERTIFICATE-----").unwrap();
+        let end = pem.find("-----END CERTIFICATE-----").unwrap() + 25;
+        let (_, der) = der::pem::decode_vec(&pem.as_bytes()[start..end]).unwrap();
+        let cert = ParsedCertificate::from_der(&der).unwrap();
+        assert_eq!(cert.serial.len(), serial_len, "{client}");
+        assert_eq!(cert.issuer, cert.subject, "{client}: self-signed");
+        cert.verify_with(cert.public_key_info).unwrap();
+        assert!(!ca.issued_and_valid(&der));
+    }
+}
