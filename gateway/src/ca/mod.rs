@@ -1,6 +1,7 @@
 //! Certificate authorities behind one trait, so that the enrollment pipeline never knows
 //! which one answered: the embedded CA today, upstream SCEP CAs reached as an RA later.
 
+pub mod certificate;
 pub mod embedded;
 
 use std::future::Future;

@@ -1,0 +1,289 @@
+//! `scep-gateway init`: a development PKI in one step, so that a first enrollment
+//! works before anyone has talked to the PKI team.
+//!
+//! Creates, with software keys:
+//! - a self-signed root CA, RSA-2048, "CN=SCEP Gateway Development CA", valid ten
+//!   years: basicConstraints cA=TRUE and keyUsage keyCertSign+cRLSign, both critical
+//!   (RFC 5280 §4.2.1.9, §4.2.1.3), subjectKeyIdentifier (§4.2.1.2, MUST for CAs);
+//! - an RA certificate issued by it, RSA-2048, "CN=SCEP Gateway RA", valid two years:
+//!   keyUsage digitalSignature (signs CertReps) + keyEncipherment (opens request
+//!   envelopes), critical; no extKeyUsage, which some clients would check against
+//!   purposes they do not expect (RFC 8894 §2.1 asks for none); SKI and AKI.
+//!
+//! Both are built by [`crate::ca::certificate`], the same code the embedded CA issues
+//! with.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use scep_hsm::{Key, KeyError, SoftwareKey};
+use x509_cert::ext::pkix::KeyUsages;
+
+use crate::ca::certificate::{self as x509, CertificateFields, ParsedCertificate, Signer};
+
+pub const CA_COMMON_NAME: &str = "SCEP Gateway Development CA";
+pub const RA_COMMON_NAME: &str = "SCEP Gateway RA";
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+const CA_VALIDITY: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
+const RA_VALIDITY: Duration = Duration::from_secs(730 * 24 * 60 * 60);
+/// notBefore lies this far in the past, for devices whose clocks run slow.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+/// Why the development PKI could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{0} already exists; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key generation failed: {0}")]
+    Key(#[from] KeyError),
+    #[error("certificate creation failed: {0}")]
+    Certificate(#[from] crate::error::Error),
+}
+
+/// What [`create_dev_pki`] wrote.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub ca_certificate: PathBuf,
+    pub ca_key: PathBuf,
+    pub ra_certificate: PathBuf,
+    pub ra_key: PathBuf,
+    /// SHA-256 of the CA certificate, colon-separated hex: what MDM profiles pin.
+    pub ca_fingerprint_sha256: String,
+}
+
+/// Creates `ca.pem`, `ca.key.pem`, `ra.pem` and `ra.key.pem` in `dir` (created if
+/// missing). Key files get mode 0600 on unix. Nothing is written if any of the four
+/// exists already.
+pub fn create_dev_pki(dir: &Path) -> Result<DevPki, InitError> {
+    let pki = DevPki {
+        ca_certificate: dir.join("ca.pem"),
+        ca_key: dir.join("ca.key.pem"),
+        ra_certificate: dir.join("ra.pem"),
+        ra_key: dir.join("ra.key.pem"),
+        ca_fingerprint_sha256: String::new(),
+    };
+    for path in [
+        &pki.ca_certificate,
+        &pki.ca_key,
+        &pki.ra_certificate,
+        &pki.ra_key,
+    ] {
+        if path.exists() {
+            return Err(InitError::Exists(path.clone()));
+        }
+    }
+
+    let now = SystemTime::now();
+    let ca_key = Arc::new(SoftwareKey::generate_rsa(CA_COMMON_NAME.into(), 2048)?);
+    let ca_cert = root_certificate(ca_key.clone(), now)?;
+    let ra_key = Arc::new(SoftwareKey::generate_rsa(RA_COMMON_NAME.into(), 2048)?);
+    let ra_cert = ra_certificate(ca_key.clone(), &ca_cert, ra_key.public_key_info(), now)?;
+
+    std::fs::create_dir_all(dir).map_err(|source| InitError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_new(&pki.ca_key, ca_key.to_pkcs8_pem().as_bytes(), true)?;
+    write_new(
+        &pki.ca_certificate,
+        certificate_pem(&ca_cert).as_bytes(),
+        false,
+    )?;
+    write_new(&pki.ra_key, ra_key.to_pkcs8_pem().as_bytes(), true)?;
+    write_new(
+        &pki.ra_certificate,
+        certificate_pem(&ra_cert).as_bytes(),
+        false,
+    )?;
+
+    Ok(DevPki {
+        ca_fingerprint_sha256: x509::sha256_fingerprint(&ca_cert),
+        ..pki
+    })
+}
+
+/// The self-signed root (RFC 5280 §4.1.2.4: issuer = subject).
+fn root_certificate(key: Arc<dyn Key>, now: SystemTime) -> Result<Vec<u8>, InitError> {
+    let name = x509::common_name(CA_COMMON_NAME)?;
+    let spki = key.public_key_info().to_vec();
+    let key_id = x509::key_identifier(&spki)?;
+    let serial = x509::random_serial()?;
+    let fields = CertificateFields {
+        serial: &serial,
+        issuer: &name,
+        subject: &name,
+        public_key_info: &spki,
+        not_before: now - BACKDATE,
+        not_after: now + CA_VALIDITY,
+        extensions: vec![
+            x509::basic_constraints(true)?,
+            x509::key_usage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)?,
+            x509::subject_key_identifier(&spki)?,
+            // §4.2.1.1: MAY be omitted for self-signed; OpenSSL includes it.
+            x509::authority_key_identifier(&key_id)?,
+        ],
+    };
+    Ok(Signer::new(key).sign_certificate(&fields)?)
+}
+
+/// The RA certificate, issued by the root.
+fn ra_certificate(
+    ca_key: Arc<dyn Key>,
+    ca_cert: &[u8],
+    ra_public_key_info: &[u8],
+    now: SystemTime,
+) -> Result<Vec<u8>, InitError> {
+    let ca = ParsedCertificate::from_der(ca_cert).map_err(|e| {
+        crate::error::Error::Refused(format!("the new CA certificate does not decode: {e}"))
+    })?;
+    let ca_key_id = match ca.subject_key_identifier() {
+        Some(id) => id,
+        None => x509::key_identifier(ca.public_key_info)?,
+    };
+    let name = x509::common_name(RA_COMMON_NAME)?;
+    let serial = x509::random_serial()?;
+    let fields = CertificateFields {
+        serial: &serial,
+        issuer: ca.subject,
+        subject: &name,
+        public_key_info: ra_public_key_info,
+        not_before: now - BACKDATE,
+        not_after: (now + RA_VALIDITY).min(ca.not_after).max(now + DAY),
+        extensions: vec![
+            x509::basic_constraints(false)?,
+            x509::key_usage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment)?,
+            x509::subject_key_identifier(ra_public_key_info)?,
+            x509::authority_key_identifier(&ca_key_id)?,
+        ],
+    };
+    Ok(Signer::new(ca_key).sign_certificate(&fields)?)
+}
+
+/// A DER certificate as PEM `CERTIFICATE` (RFC 7468 §5).
+pub fn certificate_pem(der: &[u8]) -> String {
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der)
+        .unwrap_or_else(|_| unreachable!("PEM encoding of bytes in memory cannot fail"))
+}
+
+/// Writes `contents` to a file that must not exist yet; `secret` files get mode 0600
+/// on unix, set at creation so the key is never readable by others, not even briefly.
+fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitError> {
+    let io = |source| InitError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            InitError::Exists(path.to_path_buf())
+        } else {
+            io(e)
+        }
+    })?;
+    #[cfg(unix)]
+    if secret {
+        // `mode` is filtered by the umask, which can only remove bits; make it exact.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    file.write_all(contents).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn openssl(args: &[&str]) -> String {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn creates_a_pki_openssl_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = create_dev_pki(&dir.path().join("pki")).unwrap();
+        let ca = pki.ca_certificate.to_str().unwrap();
+        let ra = pki.ra_certificate.to_str().unwrap();
+        openssl(&["verify", "-CAfile", ca, ca]);
+        openssl(&["verify", "-CAfile", ca, ra]);
+
+        let text = openssl(&["x509", "-in", ca, "-noout", "-text"]);
+        assert!(
+            text.contains("CN=SCEP Gateway Development CA")
+                || text.contains("CN = SCEP Gateway Development CA"),
+            "{text}"
+        );
+        assert!(text.contains("CA:TRUE"), "{text}");
+        assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
+        let text = openssl(&["x509", "-in", ra, "-noout", "-text"]);
+        assert!(
+            text.contains("Digital Signature, Key Encipherment"),
+            "{text}"
+        );
+        assert!(!text.contains("Extended Key Usage"), "{text}");
+        assert!(text.contains("Authority Key Identifier"), "{text}");
+
+        // The fingerprint is OpenSSL's.
+        let fp = openssl(&["x509", "-in", ca, "-noout", "-fingerprint", "-sha256"]);
+        assert!(
+            fp.trim().ends_with(&pki.ca_fingerprint_sha256),
+            "{fp} vs {}",
+            pki.ca_fingerprint_sha256
+        );
+
+        // Keys load, match their certificates, and are private.
+        for (key, cert) in [
+            (&pki.ca_key, &pki.ca_certificate),
+            (&pki.ra_key, &pki.ra_certificate),
+        ] {
+            let k = SoftwareKey::from_file(key).unwrap();
+            let (_, der) = der::pem::decode_vec(&std::fs::read(cert).unwrap()).unwrap();
+            let parsed = ParsedCertificate::from_der(&der).unwrap();
+            assert_eq!(parsed.public_key_info, k.public_key_info());
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(key).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ra.key.pem"), b"keep me").unwrap();
+        let err = create_dev_pki(dir.path()).unwrap_err();
+        assert!(matches!(err, InitError::Exists(_)), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join("ra.key.pem")).unwrap(),
+            b"keep me"
+        );
+        assert!(!dir.path().join("ca.pem").exists());
+    }
+}
