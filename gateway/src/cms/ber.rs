@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 
 use const_oid::ObjectIdentifier;
-use der::{Encode, Header, Length, Tag, TagNumber};
+use der::Encode;
 
 /// The deepest nesting accepted. A certificate inside a SignedData inside a
 /// ContentInfo reaches about 12 levels; 32 leaves room and stops stack exhaustion.
@@ -254,7 +254,9 @@ impl<'a> Tlv<'a> {
     /// The children of a constructed element.
     pub fn children(&self) -> BerResult<Children<'a>> {
         if !self.is_constructed() {
-            return Err(BerError::Invalid("primitive element where constructed expected"));
+            return Err(BerError::Invalid(
+                "primitive element where constructed expected",
+            ));
         }
         Ok(Children {
             rest: self.content,
@@ -441,87 +443,75 @@ impl<'a> Children<'a> {
 // ---------------------------------------------------------------------------------------
 // DER writing. Everything we emit is DER (X.690 §10); the builders assemble elements
 // from raw bytes (copied client certificates, already encoded attributes), so the one
-// primitive they need is "this identifier, then the DER length, then these bytes",
-// for which `der`'s `Header` does the length encoding.
+// primitive they need is "this identifier, then the DER length, then these bytes".
+// Typed values with rules of their own (strings, times) go through `der`.
 // ---------------------------------------------------------------------------------------
 
 /// Encodes `[identifier][DER length][content...]`, the content given in parts.
-pub fn der_tlv(identifier: u8, parts: &[&[u8]]) -> Result<Vec<u8>, der::Error> {
-    let total = parts
-        .iter()
-        .try_fold(0usize, |acc, p| acc.checked_add(p.len()))
-        .ok_or_else(|| der::Error::from(der::ErrorKind::Overflow))?;
-    let header = Header::new(der_tag(identifier)?, Length::try_from(total)?);
-    let mut out = Vec::with_capacity(total + 6);
-    header.encode_to_vec(&mut out)?;
+/// Infallible: the definite length form (X.690 §8.1.3.5) covers any `usize`.
+pub fn der_tlv(identifier: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total.saturating_add(10));
+    out.push(identifier);
+    push_length(&mut out, total);
     for part in parts {
         out.extend_from_slice(part);
     }
-    Ok(out)
+    out
+}
+
+/// X.690 §10.1: the definite form, in the minimum number of octets.
+fn push_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let skip = bytes.iter().take_while(|&&b| b == 0).count();
+    let significant = &bytes[skip..];
+    out.push(0x80 | significant.len() as u8);
+    out.extend_from_slice(significant);
 }
 
 /// A SEQUENCE of already encoded elements.
-pub fn der_sequence(parts: &[&[u8]]) -> Result<Vec<u8>, der::Error> {
+pub fn der_sequence(parts: &[&[u8]]) -> Vec<u8> {
     der_tlv(tag::SEQUENCE, parts)
 }
 
 /// A SET OF already encoded elements, sorted as X.690 §11.6 requires for DER: by their
 /// encodings, compared as octet strings.
-pub fn der_set_of(mut elements: Vec<Vec<u8>>) -> Result<Vec<u8>, der::Error> {
+pub fn der_set_of(mut elements: Vec<Vec<u8>>) -> Vec<u8> {
     elements.sort();
     let parts: Vec<&[u8]> = elements.iter().map(Vec::as_slice).collect();
     der_tlv(tag::SET, &parts)
 }
 
 /// An OBJECT IDENTIFIER.
-pub fn der_oid(oid: &ObjectIdentifier) -> Result<Vec<u8>, der::Error> {
-    oid.to_der()
+pub fn der_oid(oid: &ObjectIdentifier) -> Vec<u8> {
+    der_tlv(tag::OID, &[oid.as_bytes()])
 }
 
 /// An OCTET STRING.
-pub fn der_octet_string(bytes: &[u8]) -> Result<Vec<u8>, der::Error> {
-    der::asn1::OctetStringRef::new(bytes)?.to_der()
+pub fn der_octet_string(bytes: &[u8]) -> Vec<u8> {
+    der_tlv(tag::OCTET_STRING, &[bytes])
 }
 
 /// A small non-negative INTEGER (versions).
-pub fn der_small_uint(value: u8) -> Result<Vec<u8>, der::Error> {
-    value.to_der()
+pub fn der_small_uint(value: u8) -> Vec<u8> {
+    if value & 0x80 != 0 {
+        der_tlv(tag::INTEGER, &[&[0, value]])
+    } else {
+        der_tlv(tag::INTEGER, &[&[value]])
+    }
 }
 
-/// Maps an identifier octet to `der`'s tag type (low tag numbers only).
-fn der_tag(identifier: u8) -> Result<Tag, der::Error> {
-    let constructed = identifier & tag::CONSTRUCTED != 0;
-    let number = TagNumber(u32::from(identifier & 0x1f));
-    Ok(match identifier & 0xc0 {
-        0x80 => Tag::ContextSpecific {
-            constructed,
-            number,
-        },
-        0x40 => Tag::Application {
-            constructed,
-            number,
-        },
-        0xc0 => Tag::Private {
-            constructed,
-            number,
-        },
-        _ => match identifier {
-            tag::BOOLEAN => Tag::Boolean,
-            tag::INTEGER => Tag::Integer,
-            tag::BIT_STRING => Tag::BitString,
-            tag::OCTET_STRING => Tag::OctetString,
-            tag::NULL => Tag::Null,
-            tag::OID => Tag::ObjectIdentifier,
-            tag::UTF8_STRING => Tag::Utf8String,
-            tag::PRINTABLE_STRING => Tag::PrintableString,
-            tag::IA5_STRING => Tag::Ia5String,
-            tag::UTC_TIME => Tag::UtcTime,
-            tag::GENERALIZED_TIME => Tag::GeneralizedTime,
-            tag::SEQUENCE => Tag::Sequence,
-            tag::SET => Tag::Set,
-            _ => return Err(der::ErrorKind::TagUnknown { byte: identifier }.into()),
-        },
-    })
+/// A NULL.
+pub const DER_NULL: [u8; 2] = [tag::NULL, 0];
+
+/// A string type through `der`, which checks the character set (PrintableString's
+/// X.680 §41.4 alphabet, UTF-8 validity).
+pub fn der_string<T: Encode>(value: &T) -> Result<Vec<u8>, der::Error> {
+    value.to_der()
 }
 
 #[cfg(test)]
@@ -581,7 +571,10 @@ mod tests {
             parse(&[0x30, 0x88, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             Err(BerError::BadLength)
         );
-        assert_eq!(parse(&[0x04, 0x80, 0, 0]), Err(BerError::IndefinitePrimitive));
+        assert_eq!(
+            parse(&[0x04, 0x80, 0, 0]),
+            Err(BerError::IndefinitePrimitive)
+        );
         assert_eq!(parse(&[0x1f, 0x01, 0x00]), Err(BerError::HighTagNumber));
         // 1000 nested indefinite SEQUENCEs: refused, no stack overflow.
         let mut deep = Vec::new();
@@ -595,7 +588,7 @@ mod tests {
         // Deep definite nesting is refused when walked.
         let mut nested = vec![0x05, 0x00];
         for _ in 0..100 {
-            nested = der_sequence(&[&nested]).unwrap();
+            nested = der_sequence(&[&nested]);
         }
         let mut tlv = parse(&nested).unwrap();
         let err = loop {
@@ -612,20 +605,25 @@ mod tests {
             outer.extend_from_slice(&os);
             os = outer;
         }
-        assert_eq!(
-            parse(&os).unwrap().octet_string(),
-            Err(BerError::TooDeep)
-        );
+        assert_eq!(parse(&os).unwrap().octet_string(), Err(BerError::TooDeep));
     }
 
     #[test]
     fn writing_is_der() {
         let long = vec![0u8; 300];
-        let os = der_octet_string(&long).unwrap();
+        let os = der_octet_string(&long);
         assert_eq!(&os[..4], &[0x04, 0x82, 0x01, 0x2c]);
-        let set = der_set_of(vec![vec![0x02, 0x01, 0x05], vec![0x02, 0x01, 0x01]]).unwrap();
+        let set = der_set_of(vec![vec![0x02, 0x01, 0x05], vec![0x02, 0x01, 0x01]]);
         assert_eq!(set, vec![0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x05]);
-        assert_eq!(der_tlv(0xa0, &[&[0x05, 0x00]]).unwrap(), vec![0xa0, 2, 5, 0]);
-        assert_eq!(der_tlv(0x80, &[&[1]]).unwrap(), vec![0x80, 1, 1]);
+        assert_eq!(der_tlv(0xa0, &[&[0x05, 0x00]]), vec![0xa0, 2, 5, 0]);
+        assert_eq!(der_tlv(0x80, &[&[1]]), vec![0x80, 1, 1]);
+        assert_eq!(der_small_uint(1), vec![2, 1, 1]);
+        let big = vec![0u8; 70000];
+        assert_eq!(
+            &der_octet_string(&big)[..5],
+            &[0x04, 0x83, 0x01, 0x11, 0x70]
+        );
+        let oid = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+        assert_eq!(der_oid(&oid), oid.to_der().unwrap());
     }
 }
