@@ -508,7 +508,7 @@ fn encrypt_content(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cms::signed::SignedData;
     use std::path::Path;
