@@ -950,6 +950,22 @@ mod tests {
     }
 
     #[test]
+    fn subject_key_identifier_signer_ids() {
+        let ra = pem_cert("ra-ca.pem");
+        let fields = CertificateFields::parse(&ra).unwrap();
+        let ski = fields.subject_key_id.unwrap();
+        assert_eq!(hex::encode(ski), "84f853410fd5c5c3655c6ce1009b544a5c8da20f");
+        assert!(fields.matches(&SignerId::SubjectKeyId(ski.to_vec())));
+        assert!(!fields.matches(&SignerId::SubjectKeyId(vec![1, 2, 3])));
+        // [0] IMPLICIT SubjectKeyIdentifier as a SignerIdentifier.
+        let sid = ber::der_tlv(tag::context_primitive(0), &[ski]);
+        assert_eq!(
+            SignerId::parse(ber::parse(&sid).unwrap()).unwrap(),
+            SignerId::SubjectKeyId(ski.to_vec())
+        );
+    }
+
+    #[test]
     fn certs_only_copies_certificates() {
         let a = pem_cert("ra-ca.pem");
         let req = data("certmonger-pkcsreq.der");

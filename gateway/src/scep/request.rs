@@ -431,6 +431,60 @@ pub(crate) mod tests {
         }
     }
 
+    /// The certmonger request re-encoded as BER the way old clients write it:
+    /// indefinite lengths everywhere on the path to the content, and eContent as a
+    /// constructed OCTET STRING in 100-byte segments. The signature still verifies
+    /// (it covers the signed attributes, unchanged) and the envelope opens.
+    #[test]
+    fn indefinite_length_ber_is_accepted() {
+        fn indefinite(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+            let mut out = vec![tag, 0x80];
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+            out.extend_from_slice(&[0, 0]);
+            out
+        }
+        let bytes = data("certmonger-pkcsreq.der");
+        let mut ci = ber::parse(&bytes).unwrap().sequence("ci").unwrap();
+        let ct = ci.required("oid").unwrap().raw();
+        let sd = ci.required("sd").unwrap().explicit(0, "sd").unwrap();
+        let parts = sd.children().unwrap().collect_all().unwrap();
+        let mut encap = parts[2].sequence("encap").unwrap();
+        let e_type = encap.required("type").unwrap().raw();
+        let e_content = encap
+            .required("content")
+            .unwrap()
+            .explicit(0, "content")
+            .unwrap()
+            .octet_string()
+            .unwrap();
+        let segments: Vec<Vec<u8>> = e_content.chunks(100).map(ber::der_octet_string).collect();
+        let segment_refs: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
+        let os = indefinite(0x24, &segment_refs);
+        let new_encap = indefinite(0x30, &[e_type, &indefinite(0xa0, &[&os])]);
+        let new_sd = indefinite(
+            0x30,
+            &[
+                parts[0].raw(),
+                parts[1].raw(),
+                &new_encap,
+                parts[3].raw(),
+                parts[4].raw(),
+            ],
+        );
+        let ber_bytes = indefinite(0x30, &[ct, &indefinite(0xa0, &[&new_sd])]);
+        assert_ne!(ber_bytes, bytes);
+
+        let req = SignedRequest::parse(&ber_bytes).unwrap();
+        req.verify().unwrap();
+        let opened = req.open(&ra_keys(), LEGACY).unwrap();
+        assert!(matches!(
+            opened.body,
+            RequestBody::CertificationRequest(ref csr) if contains(csr, b"ref-certmonger")
+        ));
+    }
+
     #[test]
     fn hostile_structures_are_malformed() {
         let mut deep = Vec::new();
