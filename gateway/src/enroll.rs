@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use crate::ca::IssueRequest;
-use crate::cert::CertificateFields;
+use crate::cms::signed::CertificateFields;
 use crate::cms::algorithms::ContentCipher;
 use crate::csr::CertificationRequest;
 use crate::error::{Answer, Error, Result};
@@ -143,7 +143,7 @@ async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
 /// PKCSReq and RenewalReq (RFC 8894 §3.3.1): claim the transaction, check the right to
 /// enroll, issue, remember.
 async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Result<Outcome> {
-    let csr = CertificationRequest::parse(csr_der)?;
+    let csr = CertificationRequest::from_der(csr_der)?;
     let key = transaction_key(gateway, header)?;
 
     match gateway.store.claim(&key, gateway.claim_lease).await? {
@@ -167,7 +167,7 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
             // from the reply.
             if let Err(e) = gateway
                 .store
-                .put_certificate(fields.issuer, fields.serial(), certificate.clone())
+                .put_certificate(fields.issuer, fields.serial, certificate.clone())
                 .await
             {
                 tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not stored for GetCert");

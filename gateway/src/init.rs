@@ -207,6 +207,57 @@ fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), InitError
     file.sync_all().map_err(io)
 }
 
+/// What [`init`] created: the PKI and the files around it.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub challenge_file: PathBuf,
+    pub ca_fingerprint: String,
+}
+
+/// `scep-gateway init`: the development PKI, a challenge file (the given password, or 24
+/// random characters) and a commented `gateway.toml` that uses them.
+pub fn init(dir: &Path, challenge: Option<String>, legacy_des: bool) -> Result<Created, String> {
+    let config = dir.join("gateway.toml");
+    let challenge_file = dir.join("challenge.txt");
+    for path in [&config, &challenge_file] {
+        if path.exists() {
+            return Err(InitError::Exists(path.clone()).to_string());
+        }
+    }
+    let pki = create_dev_pki(dir).map_err(|e| e.to_string())?;
+    let challenge = zeroize::Zeroizing::new(challenge.unwrap_or_else(random_challenge));
+    write_new(&challenge_file, format!("{}\n", &*challenge).as_bytes(), true).map_err(|e| e.to_string())?;
+    let mut text = crate::config::example("challenge.txt");
+    if legacy_des {
+        text = text.replace("legacy_des = false", "legacy_des = true");
+    }
+    write_new(&config, text.as_bytes(), false).map_err(|e| e.to_string())?;
+    Ok(Created {
+        dir: dir.to_owned(),
+        config,
+        challenge_file,
+        ca_fingerprint: pki.ca_fingerprint_sha256,
+    })
+}
+
+/// 24 characters from an unambiguous alphabet: about 130 bits.
+fn random_challenge() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system RNG does not fail");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The SHA-256 fingerprint of a certificate, as `init` prints it.
+pub fn fingerprint(der: &[u8]) -> String {
+    x509::sha256_fingerprint(der)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

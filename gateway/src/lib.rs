@@ -14,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
-pub mod cert;
 pub mod challenge;
 pub mod cms;
 pub mod config;

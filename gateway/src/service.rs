@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::ca::embedded::EmbeddedCa;
 use crate::ca::Ca;
-use crate::cert::CertificateFields;
+use crate::cms::signed::CertificateFields;
 use crate::challenge::static_secret::StaticChallenge;
 use crate::challenge::{Challenge, NoChallenge};
 use crate::config::{ChallengeConfig, ConfigError, FileConfig, RenewalConfig};

@@ -53,7 +53,7 @@ pub fn ca_cert(ra: &RaKeys, ca_chain: &[Arc<[u8]>]) -> CaCertAnswer {
 pub fn next_ca_cert(signer: &Credential, next: &[Arc<[u8]>]) -> Result<CaCertAnswer> {
     let certs: Vec<&[u8]> = next.iter().map(|c| &c[..]).collect();
     let inner = signed::certs_only(&certs);
-    let body = signed::build_signed(signer, Digest::Sha256, &signed::ID_DATA, &inner, &[])?;
+    let body = signed::build_signed(signer, Digest::Sha256, &signed::oid::DATA, &inner, &[])?;
     Ok(CaCertAnswer {
         content_type: NEXT_CA_CERT,
         body: Bytes::from(body),
