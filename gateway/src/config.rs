@@ -22,7 +22,10 @@ pub enum ConfigError {
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("{setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("{setting} = {path}: {reason}")]
     File {
         setting: &'static str,
@@ -368,7 +371,9 @@ mod tests {
         let p = write(dir.path(), &example("challenge.txt"));
         let c = FileConfig::load(&p).unwrap();
         assert_eq!(c.ra.certificate, dir.path().join("ra.pem"));
-        assert!(matches!(c.challenge, ChallengeConfig::Static { password_file: Some(ref f), .. } if f == &dir.path().join("challenge.txt")));
+        assert!(
+            matches!(c.challenge, ChallengeConfig::Static { password_file: Some(ref f), .. } if f == &dir.path().join("challenge.txt"))
+        );
         assert_eq!(c.server.max_body_bytes, 262144);
     }
 
@@ -376,7 +381,9 @@ mod tests {
     fn a_typo_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let text = example("c.txt").replace("max_body_bytes", "max_body_byte");
-        let err = FileConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        let err = FileConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_body_byte"), "{err}");
         assert!(err.contains("gateway.toml"), "{err}");
     }
@@ -385,7 +392,9 @@ mod tests {
     fn a_static_challenge_needs_one_source() {
         let dir = tempfile::tempdir().unwrap();
         let text = example("c.txt").replace("# or: password_env", "password_env");
-        let err = FileConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        let err = FileConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("challenge.password_file"), "{err}");
     }
 }

@@ -448,6 +448,58 @@ fn subject_alt_name(value: &[u8]) -> Result<Vec<u8>> {
     Ok(value.to_vec())
 }
 
+/// Builds a PKCS#10 request (RFC 2986 §4.1) signed by `signer`: what a SCEP client
+/// sends inside its PKCSReq, and what the gateway sends an upstream CA or an enterprise
+/// CA for its own RA certificate.
+///
+/// ```text
+/// CertificationRequestInfo ::= SEQUENCE {
+///      version       INTEGER { v1(0) },
+///      subject       Name,
+///      subjectPKInfo SubjectPublicKeyInfo,
+///      attributes    [0] IMPLICIT SET OF Attribute }
+/// ```
+/// The challengePassword goes in as a PrintableString when it fits, else UTF8String
+/// (RFC 2985 §5.4.1); `extensions` go in one extensionRequest attribute (§5.4.2).
+/// Blocks while the key signs.
+pub fn build(
+    signer: &crate::ca::certificate::Signer,
+    subject: &[u8],
+    challenge: Option<&str>,
+    extensions: &[x509_cert::ext::Extension],
+) -> Result<Vec<u8>> {
+    use crate::cms::ber;
+    use der::Encode;
+    let encoding = |what: &str, e: der::Error| Error::Malformed(format!("encoding {what}: {e}"));
+    let mut attributes = Vec::new();
+    if let Some(challenge) = challenge {
+        let value = match der::asn1::PrintableStringRef::new(challenge) {
+            Ok(p) => ber::der_string(&p),
+            Err(_) => der::asn1::Utf8StringRef::new(challenge).and_then(|u| ber::der_string(&u)),
+        }
+        .map_err(|e| encoding("the challenge password", e))?;
+        attributes.push(ber::der_sequence(&[
+            &ber::der_oid(&oid::CHALLENGE_PASSWORD),
+            &ber::der_set_of(vec![value]),
+        ]));
+    }
+    if !extensions.is_empty() {
+        let exts = extensions
+            .to_vec()
+            .to_der()
+            .map_err(|e| encoding("the extensions", e))?;
+        attributes.push(ber::der_sequence(&[
+            &ber::der_oid(&oid::EXTENSION_REQUEST),
+            &ber::der_set_of(vec![exts]),
+        ]));
+    }
+    let public_key = signer.key().public_key_info().to_vec();
+    let mut attrs = ber::der_set_of(attributes);
+    attrs[0] = 0xA0; // [0] IMPLICIT SET OF
+    let info = ber::der_sequence(&[&ber::der_small_uint(0), subject, &public_key, &attrs]);
+    signer.sign_tbs(&info)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use crate::ca::IssueRequest;
-use crate::cms::signed::CertificateFields;
 use crate::cms::algorithms::ContentCipher;
+use crate::cms::signed::CertificateFields;
 use crate::csr::CertificationRequest;
 use crate::error::{Answer, Error, Result};
 use crate::scep::certrep::{self, Outcome};
@@ -36,7 +36,10 @@ pub struct Summary {
 }
 
 /// Handles one pkiMessage and returns the CertRep bytes, or an error answered over HTTP.
-pub async fn pki_operation(gateway: Arc<Gateway>, message: bytes::Bytes) -> (Result<Vec<u8>>, Summary) {
+pub async fn pki_operation(
+    gateway: Arc<Gateway>,
+    message: bytes::Bytes,
+) -> (Result<Vec<u8>>, Summary) {
     let mut summary = Summary {
         message_type: None,
         transaction_id: None,
@@ -48,7 +51,9 @@ pub async fn pki_operation(gateway: Arc<Gateway>, message: bytes::Bytes) -> (Res
     let opened = tokio::task::spawn_blocking(move || {
         let signed = SignedRequest::parse(&message)?;
         let header = signed.header.clone();
-        let opened = signed.verify().and_then(|()| signed.open(&gw.ra, gw.policy));
+        let opened = signed
+            .verify()
+            .and_then(|()| signed.open(&gw.ra, gw.policy));
         Ok::<_, Error>((header, opened))
     })
     .await
@@ -107,36 +112,45 @@ async fn build_reply(
     cipher: Option<ContentCipher>,
     outcome: Outcome,
 ) -> Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || certrep::build(&gateway.ra.signer, &header, cipher, &outcome))
-        .await
-        .unwrap_or_else(|e| Err(Error::Unavailable(format!("reply task failed: {e}"))))
+    tokio::task::spawn_blocking(move || {
+        certrep::build(&gateway.ra.signer, &header, cipher, &outcome)
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Unavailable(format!("reply task failed: {e}"))))
 }
 
 /// Decides the outcome of a verified, decrypted request.
 async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
     let header = &request.header;
     match (header.message_type, &request.body) {
-        (MessageType::PkcsReq | MessageType::RenewalReq, RequestBody::CertificationRequest(der)) => {
-            enroll(gateway, header, der).await
-        }
+        (
+            MessageType::PkcsReq | MessageType::RenewalReq,
+            RequestBody::CertificationRequest(der),
+        ) => enroll(gateway, header, der).await,
         (MessageType::CertPoll, RequestBody::CertPoll { .. }) => poll(gateway, header).await,
         (MessageType::GetCert, RequestBody::IssuerAndSerial { issuer, serial }) => {
             match gateway.store.certificate(issuer, serial).await? {
                 Some(certificate) => Ok(Outcome::Issued {
                     certificates: vec![certificate],
                 }),
-                None => Err(Error::NotFound("no certificate with that issuer and serial".into())),
+                None => Err(Error::NotFound(
+                    "no certificate with that issuer and serial".into(),
+                )),
             }
         }
         (MessageType::GetCrl, RequestBody::IssuerAndSerial { issuer, .. }) => {
             let ca_subject = CertificateFields::parse(&gateway.ca.chain()[0])?.subject;
             if issuer[..] != *ca_subject {
-                return Err(Error::NotFound("the CRL of an issuer we do not know".into()));
+                return Err(Error::NotFound(
+                    "the CRL of an issuer we do not know".into(),
+                ));
             }
             Ok(Outcome::Crl(gateway.ca.crl().await?))
         }
         (MessageType::CertRep, _) => Err(Error::Refused("a CertRep is not a request".into())),
-        _ => Err(Error::Refused("the message content does not fit its messageType".into())),
+        _ => Err(Error::Refused(
+            "the message content does not fit its messageType".into(),
+        )),
     }
 }
 
@@ -174,7 +188,12 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
             }
             if let Err(e) = gateway
                 .store
-                .finish(&key, Record::Issued { certificate: certificate.clone() })
+                .finish(
+                    &key,
+                    Record::Issued {
+                        certificate: certificate.clone(),
+                    },
+                )
                 .await
             {
                 tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries");
@@ -257,7 +276,11 @@ fn transaction_key(gateway: &Gateway, header: &RequestHeader) -> Result<Transact
         .ca
         .issued_and_valid(&header.signer_certificate)
         .then_some(&header.signer_certificate[..]);
-    Ok(TransactionKey::new(header.transaction_id.clone(), signer.spki, renewing))
+    Ok(TransactionKey::new(
+        header.transaction_id.clone(),
+        signer.spki,
+        renewing,
+    ))
 }
 
 /// SUCCESS with the new certificate first, then the CA chain (what micromdm and NDES

@@ -228,7 +228,12 @@ pub fn init(dir: &Path, challenge: Option<String>, legacy_des: bool) -> Result<C
     }
     let pki = create_dev_pki(dir).map_err(|e| e.to_string())?;
     let challenge = zeroize::Zeroizing::new(challenge.unwrap_or_else(random_challenge));
-    write_new(&challenge_file, format!("{}\n", &*challenge).as_bytes(), true).map_err(|e| e.to_string())?;
+    write_new(
+        &challenge_file,
+        format!("{}\n", &*challenge).as_bytes(),
+        true,
+    )
+    .map_err(|e| e.to_string())?;
     let mut text = crate::config::example("challenge.txt");
     if legacy_des {
         text = text.replace("legacy_des = false", "legacy_des = true");

@@ -18,7 +18,11 @@ use scep_gateway::init;
 use scep_gateway::service::Gateway;
 
 #[derive(Parser)]
-#[command(name = "scep-gateway", version, about = "A stateless SCEP (RFC 8894) registration authority")]
+#[command(
+    name = "scep-gateway",
+    version,
+    about = "A stateless SCEP (RFC 8894) registration authority"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SCEP_LOG_FORMAT")]
@@ -62,9 +66,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Init { dir, challenge, legacy_des } => {
-            init::init(&dir, challenge, legacy_des).map(|created| print_init(&created))
-        }
+        Command::Init {
+            dir,
+            challenge,
+            legacy_des,
+        } => init::init(&dir, challenge, legacy_des).map(|created| print_init(&created)),
         Command::Serve { config, listen } => serve(config, listen),
     };
     match result {
@@ -117,10 +123,17 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
             .map_err(|e| e.to_string())?;
         let scheme = if server.is_tls() { "https" } else { "http" };
         let fingerprint = init::fingerprint(&gateway.ca.chain()[0]);
-        println!("SCEP gateway listening on {scheme}://{}/scep", server.local_addr());
+        println!(
+            "SCEP gateway listening on {scheme}://{}/scep",
+            server.local_addr()
+        );
         println!("  config:     {}", config_path.display());
         println!("  CA SHA-256: {fingerprint}");
-        if let scep_gateway::config::ChallengeConfig::Static { password_file: Some(p), .. } = &config.challenge {
+        if let scep_gateway::config::ChallengeConfig::Static {
+            password_file: Some(p),
+            ..
+        } = &config.challenge
+        {
             println!("  challenge:  in {}", p.display());
         }
         tracing::info!(listen = %server.local_addr(), "serving");

@@ -16,9 +16,9 @@ use zeroize::Zeroizing;
 
 use crate::ca::embedded::EmbeddedCa;
 use crate::ca::Ca;
-use crate::cms::signed::CertificateFields;
 use crate::challenge::static_secret::StaticChallenge;
 use crate::challenge::{Challenge, NoChallenge};
+use crate::cms::signed::CertificateFields;
 use crate::config::{ChallengeConfig, ConfigError, FileConfig, RenewalConfig};
 use crate::ra::{Credential, RaKeys};
 use crate::scep::cacert::{self, CaCertAnswer};
@@ -47,16 +47,37 @@ pub struct Gateway {
 impl Gateway {
     /// Loads keys and certificates and assembles the gateway.
     pub fn from_config(config: &FileConfig) -> Result<Self, ConfigError> {
-        let signer = load_credential("ra.certificate", &config.ra.certificate, "ra.key", &config.ra.key)?;
-        require_usage("ra.certificate", &config.ra.certificate, &signer.certificate, Usage::Sign)?;
+        let signer = load_credential(
+            "ra.certificate",
+            &config.ra.certificate,
+            "ra.key",
+            &config.ra.key,
+        )?;
+        require_usage(
+            "ra.certificate",
+            &config.ra.certificate,
+            &signer.certificate,
+            Usage::Sign,
+        )?;
         let decrypter = match (&config.ra.encryption_certificate, &config.ra.encryption_key) {
             (Some(cert), Some(key)) => {
-                let c = load_credential("ra.encryption_certificate", cert, "ra.encryption_key", key)?;
-                require_usage("ra.encryption_certificate", cert, &c.certificate, Usage::Decrypt)?;
+                let c =
+                    load_credential("ra.encryption_certificate", cert, "ra.encryption_key", key)?;
+                require_usage(
+                    "ra.encryption_certificate",
+                    cert,
+                    &c.certificate,
+                    Usage::Decrypt,
+                )?;
                 c
             }
             _ => {
-                require_usage("ra.certificate", &config.ra.certificate, &signer.certificate, Usage::Decrypt)?;
+                require_usage(
+                    "ra.certificate",
+                    &config.ra.certificate,
+                    &signer.certificate,
+                    Usage::Decrypt,
+                )?;
                 signer.clone()
             }
         };
@@ -68,18 +89,29 @@ impl Gateway {
         }
         let ra = RaKeys { signer, decrypter };
 
-        let ca_credential = load_credential("ca.certificate", &config.ca.certificate, "ca.key", &config.ca.key)?;
-        require_usage("ca.certificate", &config.ca.certificate, &ca_credential.certificate, Usage::Ca)?;
+        let ca_credential = load_credential(
+            "ca.certificate",
+            &config.ca.certificate,
+            "ca.key",
+            &config.ca.key,
+        )?;
+        require_usage(
+            "ca.certificate",
+            &config.ca.certificate,
+            &ca_credential.certificate,
+            Usage::Ca,
+        )?;
         let mut chain_above = Vec::new();
         for path in &config.ca.chain {
             chain_above.extend(load_certificates("ca.chain", path)?);
         }
-        let ca = EmbeddedCa::new(ca_credential, chain_above, config.profile.clone()).map_err(|e| {
-            ConfigError::Invalid {
-                setting: "profile",
-                reason: e.to_string(),
-            }
-        })?;
+        let ca =
+            EmbeddedCa::new(ca_credential, chain_above, config.profile.clone()).map_err(|e| {
+                ConfigError::Invalid {
+                    setting: "profile",
+                    reason: e.to_string(),
+                }
+            })?;
         let ca: Arc<dyn Ca> = Arc::new(ca);
 
         let next = match &config.next {
@@ -88,9 +120,11 @@ impl Gateway {
                 for path in &next.certificates {
                     certs.extend(load_certificates("next.certificates", path)?);
                 }
-                Some(cacert::next_ca_cert(&ra.signer, &certs).map_err(|e| ConfigError::Invalid {
-                    setting: "next.certificates",
-                    reason: e.to_string(),
+                Some(cacert::next_ca_cert(&ra.signer, &certs).map_err(|e| {
+                    ConfigError::Invalid {
+                        setting: "next.certificates",
+                        reason: e.to_string(),
+                    }
                 })?)
             }
             None => None,
@@ -102,7 +136,9 @@ impl Gateway {
             next_ca: next.is_some(),
         };
         if config.crypto.legacy_des {
-            tracing::warn!("legacy DES/3DES envelopes are enabled ([crypto] legacy_des); every use is logged");
+            tracing::warn!(
+                "legacy DES/3DES envelopes are enabled ([crypto] legacy_des); every use is logged"
+            );
         }
         Ok(Gateway {
             ca_cert: cacert::ca_cert(&ra, ca.chain()),
@@ -136,17 +172,21 @@ fn load_challenge(config: &ChallengeConfig) -> Result<Arc<dyn Challenge>, Config
         } => {
             let secret = match (password_file, password_env) {
                 (Some(path), _) => {
-                    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                        setting: "challenge.password_file",
-                        path: path.clone(),
-                        reason: e.to_string(),
+                    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError::File {
+                            setting: "challenge.password_file",
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        }
                     })?);
                     Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned())
                 }
-                (None, Some(var)) => Zeroizing::new(std::env::var(var).map_err(|_| ConfigError::Invalid {
-                    setting: "challenge.password_env",
-                    reason: format!("the environment variable {var} is not set"),
-                })?),
+                (None, Some(var)) => {
+                    Zeroizing::new(std::env::var(var).map_err(|_| ConfigError::Invalid {
+                        setting: "challenge.password_env",
+                        reason: format!("the environment variable {var} is not set"),
+                    })?)
+                }
                 (None, None) => unreachable!("checked when the config was parsed"),
             };
             if secret.is_empty() {
@@ -183,7 +223,10 @@ fn load_credential(
         return Err(ConfigError::File {
             setting: key_setting,
             path: key_path.to_owned(),
-            reason: format!("this key does not belong to the certificate {}", cert_path.display()),
+            reason: format!(
+                "this key does not belong to the certificate {}",
+                cert_path.display()
+            ),
         });
     }
     Ok(Credential {
@@ -194,7 +237,10 @@ fn load_credential(
 
 /// Reads every certificate of a PEM file (or the one certificate of a DER file), keeping
 /// each certificate's bytes exactly as they are.
-pub fn load_certificates(setting: &'static str, path: &Path) -> Result<Vec<Arc<[u8]>>, ConfigError> {
+pub fn load_certificates(
+    setting: &'static str,
+    path: &Path,
+) -> Result<Vec<Arc<[u8]>>, ConfigError> {
     let fail = |reason: String| ConfigError::File {
         setting,
         path: path.to_owned(),
@@ -206,7 +252,8 @@ pub fn load_certificates(setting: &'static str, path: &Path) -> Result<Vec<Arc<[
         let text = String::from_utf8(bytes).map_err(|_| fail("not a text PEM file".into()))?;
         for block in text.split("-----BEGIN ").skip(1) {
             let pem = format!("-----BEGIN {block}");
-            let (label, der) = der::pem::decode_vec(pem.trim_end().as_bytes()).map_err(|e| fail(e.to_string()))?;
+            let (label, der) =
+                der::pem::decode_vec(pem.trim_end().as_bytes()).map_err(|e| fail(e.to_string()))?;
             if label == "CERTIFICATE" {
                 certs.push(Arc::from(der));
             }
@@ -218,7 +265,8 @@ pub fn load_certificates(setting: &'static str, path: &Path) -> Result<Vec<Arc<[
         return Err(fail("holds no CERTIFICATE".into()));
     }
     for cert in &certs {
-        x509_cert::Certificate::from_der(cert).map_err(|e| fail(format!("not a valid X.509 certificate: {e}")))?;
+        x509_cert::Certificate::from_der(cert)
+            .map_err(|e| fail(format!("not a valid X.509 certificate: {e}")))?;
     }
     Ok(certs)
 }
@@ -231,7 +279,12 @@ enum Usage {
 
 /// RFC 8894 §2.1 and the field notes: RA certificates must carry digitalSignature (and
 /// keyEncipherment for the one clients encrypt to), or Windows and jscep refuse them.
-fn require_usage(setting: &'static str, path: &Path, der: &[u8], usage: Usage) -> Result<(), ConfigError> {
+fn require_usage(
+    setting: &'static str,
+    path: &Path,
+    der: &[u8],
+    usage: Usage,
+) -> Result<(), ConfigError> {
     let fail = |reason: &str| {
         Err(ConfigError::File {
             setting,
@@ -243,7 +296,11 @@ fn require_usage(setting: &'static str, path: &Path, der: &[u8], usage: Usage) -
         return fail("not a valid X.509 certificate");
     };
     let tbs = cert.tbs_certificate();
-    let ku = tbs.get_extension::<KeyUsage>().ok().flatten().map(|(_, ku)| ku);
+    let ku = tbs
+        .get_extension::<KeyUsage>()
+        .ok()
+        .flatten()
+        .map(|(_, ku)| ku);
     match usage {
         Usage::Sign if ku.is_some_and(|ku| !ku.digital_signature()) => {
             fail("the RA certificate lacks the digitalSignature key usage")

@@ -61,7 +61,9 @@ fn certmonger_enrolls_by_get_with_aes_and_the_certificate_verifies() {
     assert!(openssl_x509(&cert, &["-subject"]).contains("certmonger-device"));
     let log = gateway.log();
     assert!(
-        log.lines().any(|l| l.contains("method=GET") && l.contains("operation=\"PKIOperation\"") && l.contains("outcome=\"success\"")),
+        log.lines().any(|l| l.contains("method=GET")
+            && l.contains("operation=\"PKIOperation\"")
+            && l.contains("outcome=\"success\"")),
         "no successful GET PKIOperation in the log:\n{log}"
     );
     assert!(!log.contains(CHALLENGE), "the challenge was logged");

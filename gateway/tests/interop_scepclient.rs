@@ -11,7 +11,14 @@ use common::{openssl_verify, openssl_x509, require_tool, Gateway, Options, CHALL
 
 fn scepclient(gateway: &Gateway, dir: &Path, cn: &str, challenge: &str) -> Output {
     Command::new(require_tool("scepclient"))
-        .args(["-server-url", &gateway.url(), "-challenge", challenge, "-cn", cn])
+        .args([
+            "-server-url",
+            &gateway.url(),
+            "-challenge",
+            challenge,
+            "-cn",
+            cn,
+        ])
         .arg("-private-key")
         .arg(dir.join("key.pem"))
         .arg("-certificate")
@@ -32,12 +39,20 @@ fn describe(out: &Output) -> String {
 
 #[test]
 fn scepclient_enrolls_and_renews_and_the_certificates_verify() {
-    let mut gateway = Gateway::start(Options { legacy_des: true, ..Options::default() });
+    let mut gateway = Gateway::start(Options {
+        legacy_des: true,
+        ..Options::default()
+    });
     let client = tempfile::tempdir().unwrap();
     let cert = client.path().join("cert.pem");
 
     let out = scepclient(&gateway, client.path(), "device-1", CHALLENGE);
-    assert!(out.status.success() && cert.exists(), "enrollment failed: {}\n{}", describe(&out), gateway.log());
+    assert!(
+        out.status.success() && cert.exists(),
+        "enrollment failed: {}\n{}",
+        describe(&out),
+        gateway.log()
+    );
     openssl_verify(&gateway.ca_pem(), &cert);
     let subject = openssl_x509(&cert, &["-subject"]);
     assert!(subject.contains("device-1"), "{subject}");
@@ -46,25 +61,49 @@ fn scepclient_enrolls_and_renews_and_the_certificates_verify() {
     // With cert.pem present scepclient sends a RenewalReq signed by it, without a
     // challenge check on our side (it still sends one; a wrong one must not matter).
     let out = scepclient(&gateway, client.path(), "device-1", "not-the-challenge");
-    assert!(out.status.success(), "renewal failed: {}\n{}", describe(&out), gateway.log());
+    assert!(
+        out.status.success(),
+        "renewal failed: {}\n{}",
+        describe(&out),
+        gateway.log()
+    );
     openssl_verify(&gateway.ca_pem(), &cert);
     let second_serial = openssl_x509(&cert, &["-serial"]);
-    assert_ne!(first_serial, second_serial, "renewal must issue a new certificate");
-    assert!(gateway.log().contains("renewalreq"), "the second request was not a RenewalReq");
+    assert_ne!(
+        first_serial, second_serial,
+        "renewal must issue a new certificate"
+    );
+    assert!(
+        gateway.log().contains("renewalreq"),
+        "the second request was not a RenewalReq"
+    );
     gateway.assert_healthy();
 }
 
 #[test]
 fn a_wrong_challenge_is_a_certrep_failure_not_an_http_error() {
-    let mut gateway = Gateway::start(Options { legacy_des: true, ..Options::default() });
+    let mut gateway = Gateway::start(Options {
+        legacy_des: true,
+        ..Options::default()
+    });
     let client = tempfile::tempdir().unwrap();
     let out = scepclient(&gateway, client.path(), "device-2", "xyzzy-not-it");
-    assert!(!out.status.success(), "enrolled with a wrong challenge: {}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "enrolled with a wrong challenge: {}",
+        describe(&out)
+    );
     assert!(!client.path().join("cert.pem").exists());
     let log = gateway.log();
     assert!(log.contains("outcome=\"badRequest\""), "{log}");
-    assert!(!log.contains("xyzzy-not-it"), "the presented challenge was logged");
-    assert!(!log.contains(CHALLENGE), "the configured challenge was logged");
+    assert!(
+        !log.contains("xyzzy-not-it"),
+        "the presented challenge was logged"
+    );
+    assert!(
+        !log.contains(CHALLENGE),
+        "the configured challenge was logged"
+    );
     gateway.assert_healthy();
 }
 
@@ -73,7 +112,11 @@ fn without_the_legacy_switch_single_des_is_refused_with_bad_alg() {
     let mut gateway = Gateway::start(Options::default());
     let client = tempfile::tempdir().unwrap();
     let out = scepclient(&gateway, client.path(), "device-3", CHALLENGE);
-    assert!(!out.status.success(), "single DES was accepted: {}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "single DES was accepted: {}",
+        describe(&out)
+    );
     let log = gateway.log();
     assert!(log.contains("badAlg"), "{log}");
     gateway.assert_healthy();

@@ -45,7 +45,9 @@ impl Challenge for StaticChallenge {
         let result = match csr.challenge_password() {
             Some(p) if self.matches(p) => Ok(()),
             Some(_) => Err(Error::Refused("the challenge password is wrong".into())),
-            None => Err(Error::Refused("the request carries no challenge password".into())),
+            None => Err(Error::Refused(
+                "the request carries no challenge password".into(),
+            )),
         };
         Box::pin(std::future::ready(result))
     }

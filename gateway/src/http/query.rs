@@ -119,7 +119,9 @@ mod tests {
     fn every_client_escaping_decodes_to_the_same_bytes() {
         let bytes = sample();
         let b64 = STANDARD.encode(&bytes);
-        let escaped: String = percent_encoding::utf8_percent_encode(&b64, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let escaped: String =
+            percent_encoding::utf8_percent_encode(&b64, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         let with_newlines: String = b64
             .as_bytes()
             .chunks(64)
@@ -129,7 +131,14 @@ mod tests {
         let spaces = b64.replace('+', " ");
         let url_safe = URL_SAFE_NO_PAD.encode(&bytes);
         let unpadded = b64.trim_end_matches('=').to_string();
-        for form in [&b64, &escaped, &with_newlines, &spaces, &url_safe, &unpadded] {
+        for form in [
+            &b64,
+            &escaped,
+            &with_newlines,
+            &spaces,
+            &url_safe,
+            &unpadded,
+        ] {
             assert_eq!(decode_message(form).unwrap(), bytes, "{form:.40}");
         }
     }
@@ -141,7 +150,10 @@ mod tests {
         let q = ScepQuery::parse(query);
         assert_eq!(q.operation.as_deref(), Some("PKIOperation"));
         let der = decode_message(q.message.as_deref().unwrap()).unwrap();
-        assert_eq!(der, include_bytes!("../../tests/data/certmonger-pkcsreq.der"));
+        assert_eq!(
+            der,
+            include_bytes!("../../tests/data/certmonger-pkcsreq.der")
+        );
     }
 
     #[test]

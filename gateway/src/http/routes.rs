@@ -52,7 +52,10 @@ pub async fn handle(
     let (response, summary) = match tokio::time::timeout(limits.request_timeout, work).await {
         Ok(done) => done,
         Err(_) => (
-            plain(StatusCode::SERVICE_UNAVAILABLE, "the request took too long\n"),
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request took too long\n",
+            ),
             None,
         ),
     };
@@ -66,7 +69,9 @@ pub async fn handle(
             outcome = s.outcome, detail = s.detail.as_deref().unwrap_or(""),
             status, latency_ms, "scep request"
         ),
-        None => tracing::debug!(%method, %path, operation = operation.as_deref().unwrap_or(""), status, latency_ms, "http request"),
+        None => {
+            tracing::debug!(%method, %path, operation = operation.as_deref().unwrap_or(""), status, latency_ms, "http request")
+        }
     }
     Ok(response)
 }
@@ -80,7 +85,9 @@ async fn route(
     match path {
         "/healthz" => return (plain(StatusCode::OK, "ok\n"), None),
         "/readyz" => return (plain(StatusCode::OK, "ready\n"), None),
-        _ if !SCEP_PATHS.contains(&path) => return (plain(StatusCode::NOT_FOUND, "not found\n"), None),
+        _ if !SCEP_PATHS.contains(&path) => {
+            return (plain(StatusCode::NOT_FOUND, "not found\n"), None)
+        }
         _ => {}
     }
     let query = ScepQuery::parse(request.uri().query().unwrap_or(""));
@@ -98,21 +105,37 @@ async fn route(
     };
     match (method, operation.as_str()) {
         (Method::GET | Method::HEAD, "GetCACaps") => (
-            with_type(StatusCode::OK, "text/plain", Bytes::from(gateway.capabilities.clone())),
+            with_type(
+                StatusCode::OK,
+                "text/plain",
+                Bytes::from(gateway.capabilities.clone()),
+            ),
             None,
         ),
         (Method::GET | Method::HEAD, "GetCACert") => {
             // `message` may name a CA profile; with one CA every name gets the same answer.
             let answer = &gateway.ca_cert;
-            (with_type(StatusCode::OK, answer.content_type, answer.body.clone()), None)
+            (
+                with_type(StatusCode::OK, answer.content_type, answer.body.clone()),
+                None,
+            )
         }
         (Method::GET | Method::HEAD, "GetNextCACert") => match &gateway.next_ca_cert {
-            Some(answer) => (with_type(StatusCode::OK, answer.content_type, answer.body.clone()), None),
-            None => (error_response(&Error::NotAvailable("no next CA is configured")), None),
+            Some(answer) => (
+                with_type(StatusCode::OK, answer.content_type, answer.body.clone()),
+                None,
+            ),
+            None => (
+                error_response(&Error::NotAvailable("no next CA is configured")),
+                None,
+            ),
         },
         (Method::GET, "PKIOperation") => {
             let Some(raw) = query.message.as_deref() else {
-                return (plain(StatusCode::BAD_REQUEST, "missing message parameter\n"), None);
+                return (
+                    plain(StatusCode::BAD_REQUEST, "missing message parameter\n"),
+                    None,
+                );
             };
             match decode_message(raw) {
                 Ok(bytes) => pki_operation(gateway, Bytes::from(bytes)).await,
@@ -127,11 +150,17 @@ async fn route(
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             None,
         ),
-        (_, other) => (error_response(&Error::UnknownOperation(truncate(other))), None),
+        (_, other) => (
+            error_response(&Error::UnknownOperation(truncate(other))),
+            None,
+        ),
     }
 }
 
-async fn pki_operation(gateway: Arc<Gateway>, message: Bytes) -> (Response<Full<Bytes>>, Option<Summary>) {
+async fn pki_operation(
+    gateway: Arc<Gateway>,
+    message: Bytes,
+) -> (Response<Full<Bytes>>, Option<Summary>) {
     let (result, summary) = enroll::pki_operation(gateway, message).await;
     let response = match result {
         Ok(reply) => with_type(StatusCode::OK, PKI_MESSAGE, Bytes::from(reply)),
@@ -154,7 +183,9 @@ async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Erro
     match Limited::new(request.into_body(), max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge),
-        Err(e) => Err(Error::Malformed(format!("the request body could not be read: {e}"))),
+        Err(e) => Err(Error::Malformed(format!(
+            "the request body could not be read: {e}"
+        ))),
     }
 }
 
@@ -172,7 +203,11 @@ fn truncate(s: &str) -> String {
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    with_type(status, "text/plain; charset=utf-8", Bytes::from(text.to_owned()))
+    with_type(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(text.to_owned()),
+    )
 }
 
 fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

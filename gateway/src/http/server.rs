@@ -36,12 +36,13 @@ impl Server {
     /// Binds the listen address (and loads the TLS certificate) so that start-up errors
     /// appear before anything is served.
     pub async fn bind(config: ServerConfig, gateway: Arc<Gateway>) -> Result<Self, ConfigError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| ConfigError::Invalid {
-                setting: "server.listen",
-                reason: format!("cannot listen on {}: {e}", config.listen),
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    setting: "server.listen",
+                    reason: format!("cannot listen on {}: {e}", config.listen),
+                })?;
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
         Ok(Server {
             listener,
@@ -52,7 +53,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn is_tls(&self) -> bool {
@@ -117,17 +120,20 @@ impl Server {
                         watcher.watch(conn.into_owned()).await
                     }
                     Some(acceptor) => {
-                        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await
                     }
@@ -140,8 +146,14 @@ impl Server {
 
         drop(self.listener);
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        tracing::info!(grace_secs = grace.as_secs(), "stopped accepting; finishing in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "stopped accepting; finishing in-flight requests"
+        );
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; closing the remaining connections");
         }
     }
@@ -158,7 +170,11 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
         .collect::<Result<_, _>>()
         .map_err(|e| file_error("server.tls.certificate", &tls.certificate, e.to_string()))?;
     if certs.is_empty() {
-        return Err(file_error("server.tls.certificate", &tls.certificate, "holds no certificate".into()));
+        return Err(file_error(
+            "server.tls.certificate",
+            &tls.certificate,
+            "holds no certificate".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| file_error("server.tls.key", &tls.key, e.to_string()))?;

@@ -42,7 +42,14 @@ mod tests {
     fn defaults_advertise_only_modern_algorithms() {
         let body = Capabilities::default().render();
         let lines: Vec<&str> = body.lines().collect();
-        for needed in ["AES", "SHA-256", "SHA-512", "POSTPKIOperation", "Renewal", "SCEPStandard"] {
+        for needed in [
+            "AES",
+            "SHA-256",
+            "SHA-512",
+            "POSTPKIOperation",
+            "Renewal",
+            "SCEPStandard",
+        ] {
             assert!(lines.contains(&needed), "{needed} missing");
         }
         for absent in ["DES3", "DES", "SHA-1", "GetNextCACert"] {
@@ -52,7 +59,11 @@ mod tests {
 
     #[test]
     fn switches_add_their_keywords() {
-        let caps = Capabilities { legacy_des: true, legacy_sha1: true, next_ca: true };
+        let caps = Capabilities {
+            legacy_des: true,
+            legacy_sha1: true,
+            next_ca: true,
+        };
         let body = caps.render();
         for kw in ["DES3", "SHA-1", "GetNextCACert"] {
             assert!(body.lines().any(|l| l == kw), "{kw}");

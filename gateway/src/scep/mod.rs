@@ -10,5 +10,6 @@
 pub mod cacert;
 pub mod capabilities;
 pub mod certrep;
+pub mod client;
 pub mod message;
 pub mod request;

@@ -153,7 +153,7 @@ impl SignedRequest {
 }
 
 /// The single text value of a SCEP attribute (PrintableString per RFC 8894 §3.2.1).
-fn text_attribute<'a>(
+pub(crate) fn text_attribute<'a>(
     signer: &'a SignerInfo,
     oid: &const_oid::ObjectIdentifier,
 ) -> Result<&'a str> {
@@ -178,7 +178,7 @@ fn parse_transaction_id(text: &str) -> Result<TransactionId> {
 }
 
 /// senderNonce / recipientNonce: an OCTET STRING of exactly 16 bytes (RFC 8894 §3.2.1.5).
-fn parse_nonce(signer: &SignerInfo, oid: &const_oid::ObjectIdentifier) -> Result<Nonce> {
+pub(crate) fn parse_nonce(signer: &SignerInfo, oid: &const_oid::ObjectIdentifier) -> Result<Nonce> {
     let attr = signer
         .attribute(oid)
         .ok_or_else(|| Error::Malformed(format!("missing attribute {oid}")))?;

@@ -95,7 +95,11 @@ fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
 }
 
 impl Store for MemoryStore {
-    fn claim<'a>(&'a self, key: &'a TransactionKey, lease: Duration) -> BoxFuture<'a, Result<Claim>> {
+    fn claim<'a>(
+        &'a self,
+        key: &'a TransactionKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim>> {
         ready(self.claim_now(key, lease))
     }
 
@@ -113,8 +117,9 @@ impl Store for MemoryStore {
     }
 
     fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>> {
-        self.transactions
-            .remove_if(&key.slot(), |_, e| e.key_hash == key.key_hash && e.record == Record::InProgress);
+        self.transactions.remove_if(&key.slot(), |_, e| {
+            e.key_hash == key.key_hash && e.record == Record::InProgress
+        });
         ready(Ok(()))
     }
 
@@ -163,42 +168,68 @@ mod tests {
     async fn a_transaction_is_claimed_once_and_replayed_after() {
         let store = MemoryStore::new(Duration::from_secs(60), 10);
         let k = key("t1", b"key-a");
-        assert_eq!(store.claim(&k, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store.claim(&k, Duration::from_secs(5)).await.unwrap(),
+            Claim::Won
+        );
         assert_eq!(
             store.claim(&k, Duration::from_secs(5)).await.unwrap(),
             Claim::Existing(Record::InProgress)
         );
         let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
-        store.finish(&k, Record::Issued { certificate: cert.clone() }).await.unwrap();
+        store
+            .finish(
+                &k,
+                Record::Issued {
+                    certificate: cert.clone(),
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(
             store.claim(&k, Duration::from_secs(5)).await.unwrap(),
             Claim::Existing(Record::Issued { certificate: cert })
         );
         assert_eq!(
-            store.claim(&key("t1", b"key-b"), Duration::from_secs(5)).await.unwrap(),
+            store
+                .claim(&key("t1", b"key-b"), Duration::from_secs(5))
+                .await
+                .unwrap(),
             Claim::Conflict
         );
         // A renewal with the same key and transactionID is a transaction of its own.
         let renewal = TransactionKey::new(k.id.clone(), b"key-a", Some(b"old cert"));
-        assert_eq!(store.claim(&renewal, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store.claim(&renewal, Duration::from_secs(5)).await.unwrap(),
+            Claim::Won
+        );
     }
 
     #[tokio::test]
     async fn a_released_or_lapsed_claim_can_be_won_again() {
         let store = MemoryStore::new(Duration::from_secs(60), 10);
         let k = key("t2", b"key-a");
-        assert_eq!(store.claim(&k, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store.claim(&k, Duration::from_secs(5)).await.unwrap(),
+            Claim::Won
+        );
         store.release(&k).await.unwrap();
         assert_eq!(store.claim(&k, Duration::ZERO).await.unwrap(), Claim::Won);
         // The zero lease has lapsed already: another claim wins.
-        assert_eq!(store.claim(&k, Duration::from_secs(5)).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store.claim(&k, Duration::from_secs(5)).await.unwrap(),
+            Claim::Won
+        );
     }
 
     #[tokio::test]
     async fn a_full_store_refuses_instead_of_growing() {
         let store = MemoryStore::new(Duration::from_secs(60), 2);
         for i in 0..2 {
-            store.claim(&key(&format!("t{i}"), b"k"), Duration::from_secs(5)).await.unwrap();
+            store
+                .claim(&key(&format!("t{i}"), b"k"), Duration::from_secs(5))
+                .await
+                .unwrap();
         }
         assert!(matches!(
             store.claim(&key("t9", b"k"), Duration::from_secs(5)).await,
@@ -209,8 +240,19 @@ mod tests {
     #[tokio::test]
     async fn certificates_are_found_by_issuer_and_serial() {
         let store = MemoryStore::new(Duration::from_secs(60), 10);
-        store.put_certificate(b"issuer", &[1, 2], Arc::from(&b"c"[..])).await.unwrap();
-        assert!(store.certificate(b"issuer", &[1, 2]).await.unwrap().is_some());
-        assert!(store.certificate(b"issuer", &[1, 3]).await.unwrap().is_none());
+        store
+            .put_certificate(b"issuer", &[1, 2], Arc::from(&b"c"[..]))
+            .await
+            .unwrap();
+        assert!(store
+            .certificate(b"issuer", &[1, 2])
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .certificate(b"issuer", &[1, 3])
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -82,7 +82,11 @@ pub enum Claim {
 /// The transaction store.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Atomically claims `key` for `lease` if it is unknown; otherwise tells what is known.
-    fn claim<'a>(&'a self, key: &'a TransactionKey, lease: Duration) -> BoxFuture<'a, Result<Claim>>;
+    fn claim<'a>(
+        &'a self,
+        key: &'a TransactionKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim>>;
 
     /// Records the final state of a claimed transaction (Issued or Pending).
     fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>>;

@@ -14,7 +14,11 @@ pub const CHALLENGE: &str = "secret123";
 /// Panics when a peer program is missing. `scripts/test-all` installs them all; a test
 /// that silently skipped would hide a broken interop.
 pub fn require_tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p;
@@ -44,12 +48,18 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         let mut init = Command::new(env!("CARGO_BIN_EXE_scep-gateway"));
-        init.args(["init", "--dir"]).arg(&pki).args(["--challenge", CHALLENGE]);
+        init.args(["init", "--dir"])
+            .arg(&pki)
+            .args(["--challenge", CHALLENGE]);
         if options.legacy_des {
             init.arg("--legacy-des");
         }
         let out = init.output().unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let config = pki.join("gateway.toml");
         for (key, replacement) in &options.extra_config {
             let text = std::fs::read_to_string(&config).unwrap();
@@ -73,7 +83,10 @@ impl Gateway {
         let mut addr = None;
         let mut line = String::new();
         while stdout.read_line(&mut line).unwrap() > 0 {
-            if let Some(rest) = line.trim().strip_prefix("SCEP gateway listening on http://") {
+            if let Some(rest) = line
+                .trim()
+                .strip_prefix("SCEP gateway listening on http://")
+            {
                 addr = Some(rest.trim_end_matches("/scep").parse().unwrap());
                 break;
             }
@@ -81,14 +94,22 @@ impl Gateway {
         }
         let Some(addr) = addr else {
             let _ = child.kill();
-            panic!("the gateway did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "the gateway did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = stdout.read_to_end(&mut sink);
         });
-        Gateway { dir, addr, child, log }
+        Gateway {
+            dir,
+            addr,
+            child,
+            log,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -165,7 +186,9 @@ impl Response {
 /// `Connection: close`, or be HTTP/1.0).
 pub fn raw_request(addr: SocketAddr, request: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut bytes = Vec::new();
     let _ = stream.read_to_end(&mut bytes);
@@ -196,7 +219,14 @@ fn parse_response(bytes: &[u8]) -> Response {
         .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(bytes)));
     let head = std::str::from_utf8(&bytes[..split]).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
@@ -208,14 +238,21 @@ fn parse_response(bytes: &[u8]) -> Response {
     if chunked {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..end]).unwrap().trim(), 16).unwrap();
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..end]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             break;
         }
@@ -228,7 +265,13 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 /// Runs `openssl verify -CAfile ca cert` and asserts it says OK.
 pub fn openssl_verify(ca: &Path, cert: &Path) {
     let openssl = require_tool("openssl");
-    let out = Command::new(openssl).arg("verify").arg("-CAfile").arg(ca).arg(cert).output().unwrap();
+    let out = Command::new(openssl)
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .arg(cert)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains(": OK"),
@@ -245,6 +288,10 @@ pub fn openssl_x509(cert: &Path, what: &[&str]) -> String {
         .args(what)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
