@@ -82,10 +82,13 @@ enum Expect {
     Failure(FailInfo),
     /// HTTP 200, a CertRep SUCCESS that the `Sent` requester verifies and decrypts,
     /// and this check of its content.
-    Success(Box<dyn Fn(&Reply) -> Result<(), String>>),
+    Success(ReplyCheck),
     /// Whatever the `Stream` function checked.
     Behaviour,
 }
+
+/// A check of a decrypted SUCCESS reply's content.
+type ReplyCheck = Box<dyn Fn(&Reply) -> Result<(), String>>;
 
 /// What a pkiMessage was sent as.
 #[derive(Clone)]
@@ -690,6 +693,40 @@ fn table(
             // like undecodable plaintext (request.rs: no oracle on the plaintext).
             expect: Failure(FailInfo::BadMessageCheck),
         },
+        Case {
+            // The signed contentType attribute says id-data, eContentType is changed
+            // to envelopedData after signing (RFC 5652 §5.4: they must match).
+            name: "eContentType differs from the signed contentType",
+            request: {
+                let (m, s) = fresh(MessageType::PkcsReq, &probe_csr);
+                let mut n = Node::decode(&m);
+                *n.at(&[1, 0, 2, 0]) = Node::Prim(tag::OID, oid_content(&signed::oid::ENVELOPED_DATA));
+                Pki(n.encode(), s)
+            },
+            expect: Failure(FailInfo::BadMessageCheck),
+        },
+        Case {
+            // RenewalReq signed with a self-signed certificate, not one of this CA.
+            name: "RenewalReq signed by a certificate we did not issue",
+            request: {
+                let (m, s) = fresh(MessageType::RenewalReq, &csr_with(alice, &cn("hostile-alice"), None));
+                Pki(m, s)
+            },
+            expect: Failure(FailInfo::BadRequest),
+        },
+        Case {
+            // An EC requester: its CSR is acceptable, but a SUCCESS reply must be
+            // enveloped to its signer certificate with RSA key transport, which an
+            // EC key cannot receive.
+            name: "PKCSReq signed with an EC P-256 key (no reply can be encrypted to it)",
+            request: {
+                let ec = requester(&(Arc::new(SoftwareKey::generate_p256("ec".into()).unwrap()) as Arc<dyn Key>), "hostile-ec");
+                let csr = csr_with(&ec, &cn("hostile-ec"), Some(CHALLENGE));
+                let (m, s) = pki.message(&ec, MessageType::PkcsReq, &fresh_tid(), &csr);
+                Pki(m, s)
+            },
+            expect: Failure(FailInfo::BadAlg),
+        },
         // --- Transactions: conflicts and replays -----------------------------------
         Case {
             // Clients derive the transactionID from the key: another key reusing it
@@ -838,6 +875,30 @@ fn table(
             },
             expect: Failure(FailInfo::BadRequest),
         },
+        Case {
+            // Beyond hyper's HTTP/1 URI limit (65,534 bytes): refused, not dropped.
+            name: "70,000-byte GET URI",
+            request: Get(format!("/scep?operation=PKIOperation&message={}", "A".repeat(70_000))),
+            expect: Status(414),
+        },
+        Case {
+            // hyper's HTTP/1 read buffer is ~400 KB; a 300 KiB header section still
+            // fits (answered), a 1 MiB one does not (431).
+            name: "a 1 MiB header section",
+            request: Raw(format!(
+                "GET /scep?operation=GetCACaps HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+                "b".repeat(1024 * 1024)
+            ).into_bytes()),
+            expect: Status(431),
+        },
+        Case {
+            name: "200 header fields",
+            request: Raw(format!(
+                "GET /scep?operation=GetCACaps HTTP/1.1\r\nHost: t\r\n{}Connection: close\r\n\r\n",
+                (0..200).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+            ).into_bytes()),
+            expect: Status(431),
+        },
         // --- Streams: oversized, truncated and slow ---------------------------------
         Case {
             name: "10 MB POST body (Content-Length): 413 before the body is sent",
@@ -897,7 +958,9 @@ fn run(case: &Case, pki: &Pki, addr: SocketAddr) -> Result<String, String> {
         }
         Expect::Failure(info) => {
             let rep = certrep_of(pki, &response).map_err(|e| format!("{e}; got {seen}"))?;
-            if rep.status != PkiStatus::Failure.code() || rep.fail_info.as_deref() != Some(info.code()) {
+            if rep.status != PkiStatus::Failure.code()
+                || rep.fail_info.as_deref() != Some(info.code())
+            {
                 return Err(format!("expected FAILURE {}, got {seen}", info.name()));
             }
             if rep.fail_info_text.as_deref().unwrap_or("").is_empty() {
@@ -997,8 +1060,7 @@ fn every_decryption_failure_is_answered_identically() {
         // Same transactionID length for every kind, so the replies can be compared
         // byte for byte in size.
         let tid = fresh_tid();
-        let (message, sent) =
-            pki.message_with_envelope(&alice, MessageType::PkcsReq, &tid, env);
+        let (message, sent) = pki.message_with_envelope(&alice, MessageType::PkcsReq, &tid, env);
         let response = send_post(gateway.addr, &message).unwrap();
         let rep = certrep_of(&pki, &response)
             .unwrap_or_else(|e| panic!("{kind}: {e}; got {}", describe(&pki, &response)));
@@ -1014,7 +1076,9 @@ fn every_decryption_failure_is_answered_identically() {
     }
     let table: Vec<String> = answers
         .iter()
-        .map(|(k, s, p, f, t, n)| format!("  {k:<46} HTTP {s} pkiStatus {p} failInfo {f:?} {t:?} {n} bytes"))
+        .map(|(k, s, p, f, t, n)| {
+            format!("  {k:<46} HTTP {s} pkiStatus {p} failInfo {f:?} {t:?} {n} bytes")
+        })
         .collect();
     eprintln!("decryption failures:\n{}", table.join("\n"));
 
@@ -1191,7 +1255,11 @@ fn long_get_target(message: &[u8], len: usize) -> String {
         }
     }
     let mut target = format!("/scep?operation=PKIOperation&message={escaped}");
-    assert!(target.len() + 3 <= len, "the message alone is {} bytes", target.len());
+    assert!(
+        target.len() + 3 <= len,
+        "the message alone is {} bytes",
+        target.len()
+    );
     while target.len() + 3 <= len {
         target.push_str("%0A");
     }
@@ -1275,7 +1343,9 @@ fn attribute_octets(signer: &SignerInfo, o: &ObjectIdentifier) -> Option<Vec<u8>
 
 /// One line on what came back.
 fn describe(pki: &Pki, response: &Response) -> String {
-    if response.status != 200 || response.header("content-type") != Some("application/x-pki-message") {
+    if response.status != 200
+        || response.header("content-type") != Some("application/x-pki-message")
+    {
         return format!("HTTP {} {:?}", response.status, body_text(response));
     }
     match certrep_of(pki, response) {
@@ -1294,7 +1364,10 @@ fn describe(pki: &Pki, response: &Response) -> String {
                 .unwrap_or("");
             format!(
                 "CertRep {status} {info} {}",
-                rep.fail_info_text.as_deref().map(|t| format!("({t})")).unwrap_or_default()
+                rep.fail_info_text
+                    .as_deref()
+                    .map(|t| format!("({t})"))
+                    .unwrap_or_default()
             )
             .trim_end()
             .to_owned()
@@ -1444,7 +1517,11 @@ fn exchange(addr: SocketAddr, head: &[u8], body: Vec<u8>) -> Result<Response, St
     if !has_response(&received.bytes) {
         return Err(format!(
             "no HTTP response ({} after {:?}, {} bytes)",
-            if received.closed { "closed" } else { "still open" },
+            if received.closed {
+                "closed"
+            } else {
+                "still open"
+            },
             received.elapsed,
             received.bytes.len()
         ));
@@ -1475,13 +1552,15 @@ const TEN_MB: usize = 10 * 1000 * 1000;
 /// the body is sent.
 fn ten_megabytes_declared(addr: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "POST {PKI_TARGET} HTTP/1.1\r\nHost: test\r\nContent-Length: {TEN_MB}\r\n\r\n"
-    );
+    let head =
+        format!("POST {PKI_TARGET} HTTP/1.1\r\nHost: test\r\nContent-Length: {TEN_MB}\r\n\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     let received = read_until_closed(&mut stream, Duration::from_secs(5));
     if !has_response(&received.bytes) {
-        return Err(format!("no answer to the headers alone within {:?}", received.elapsed));
+        return Err(format!(
+            "no answer to the headers alone within {:?}",
+            received.elapsed
+        ));
     }
     let response = parse_response(&received.bytes);
     if response.status != 413 {
@@ -1494,9 +1573,8 @@ fn ten_megabytes_declared(addr: SocketAddr) -> Result<String, String> {
 /// connection is closed instead of reading (and buffering) the rest.
 fn ten_megabytes_chunked(addr: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "POST {PKI_TARGET} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-    );
+    let head =
+        format!("POST {PKI_TARGET} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
@@ -1555,36 +1633,50 @@ fn short_body_then_close(addr: SocketAddr) -> Result<String, String> {
         if !(400..500).contains(&response.status) {
             return Err(format!("HTTP {}", response.status));
         }
-        return Ok(format!("HTTP {} after {:?}", response.status, received.elapsed));
+        return Ok(format!(
+            "HTTP {} after {:?}",
+            response.status, received.elapsed
+        ));
     }
-    Ok(format!("closed without a response after {:?}", received.elapsed))
+    Ok(format!(
+        "closed without a response after {:?}",
+        received.elapsed
+    ))
 }
 
-/// Announces 5000 bytes, sends 100 and waits: the request timeout ends it.
+/// Announces 5000 bytes, sends 100 and waits: the request timeout ends it with 408
+/// (the client's fault; 503 would tell it that we are down and to retry).
 fn short_body_kept_open(addr: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect(addr).unwrap();
     let head = format!("POST {PKI_TARGET} HTTP/1.1\r\nHost: test\r\nContent-Length: 5000\r\n\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&[0x30; 100]).unwrap();
     let received = read_until_closed(&mut stream, REQUEST_TIMEOUT + Duration::from_secs(3));
-    if !has_response(&received.bytes) && !received.closed {
-        return Err(format!("no answer and still open after {:?}", received.elapsed));
-    }
-    if received.elapsed < REQUEST_TIMEOUT - Duration::from_millis(500) {
-        // Ended before the timeout: fine only if it was a client error answer.
-        let response = has_response(&received.bytes).then(|| parse_response(&received.bytes));
+    if !has_response(&received.bytes) {
         return Err(format!(
-            "ended early after {:?}: {:?}",
-            received.elapsed,
-            response.map(|r| r.status)
+            "no answer ({}) after {:?}",
+            if received.closed {
+                "closed"
+            } else {
+                "still open"
+            },
+            received.elapsed
         ));
     }
-    let what = if has_response(&received.bytes) {
-        format!("HTTP {}", parse_response(&received.bytes).status)
-    } else {
-        "closed".into()
-    };
-    Ok(format!("{what} after {:?} (request timeout)", received.elapsed))
+    let status = parse_response(&received.bytes).status;
+    if received.elapsed < REQUEST_TIMEOUT - Duration::from_millis(500) {
+        return Err(format!("HTTP {status} after only {:?}", received.elapsed));
+    }
+    if status != 408 {
+        return Err(format!(
+            "HTTP {status}, not 408, after {:?}",
+            received.elapsed
+        ));
+    }
+    Ok(format!(
+        "HTTP 408 after {:?} (request timeout)",
+        received.elapsed
+    ))
 }
 
 /// A header section dripped slowly: the connection is closed once header_timeout_secs
