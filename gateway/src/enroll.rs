@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::ca::IssueRequest;
 use crate::cms::algorithms::ContentCipher;
+use crate::cms::envelope;
 use crate::cms::signed::CertificateFields;
 use crate::csr::CertificationRequest;
 use crate::error::{Answer, Error, Result};
@@ -122,6 +123,10 @@ async fn build_reply(
 /// Decides the outcome of a verified, decrypted request.
 async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
     let header = &request.header;
+    // Every SUCCESS is enveloped to the signer certificate: refuse a signer key we
+    // cannot encrypt to (EC, RSA below 2048 bits) before anything is claimed or issued,
+    // rather than issue a certificate that no reply can carry.
+    envelope::check_recipient(&header.signer_certificate)?;
     match (header.message_type, &request.body) {
         (
             MessageType::PkcsReq | MessageType::RenewalReq,

@@ -27,6 +27,10 @@ pub enum Error {
     /// The body or URI exceeds the configured limit (HTTP 413 / 414).
     #[error("request too large")]
     TooLarge,
+    /// The client did not send the body it announced within `request_timeout_secs`
+    /// (HTTP 408, RFC 9110 §15.5.9): its fault, unlike a slow dependency (503).
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// An unknown `operation` (HTTP 400).
     #[error("unknown operation {0:?}")]
     UnknownOperation(String),
@@ -71,6 +75,7 @@ impl Error {
                 Answer::Http(StatusCode::BAD_REQUEST)
             }
             Error::TooLarge => Answer::Http(StatusCode::PAYLOAD_TOO_LARGE),
+            Error::BodyTimeout => Answer::Http(StatusCode::REQUEST_TIMEOUT),
             Error::NotAvailable(_) => Answer::Http(StatusCode::NOT_FOUND),
             Error::Unavailable(_) => Answer::Http(StatusCode::SERVICE_UNAVAILABLE),
             Error::BadSignature(_) | Error::Undecryptable => {

@@ -443,13 +443,7 @@ pub fn seal(
 ) -> Result<Vec<u8>> {
     let cert = CertificateFields::parse(recipient_certificate_der)
         .map_err(|e| Error::Malformed(format!("recipient certificate: {e}")))?;
-    let public = PublicEncryptingKey::from_der(cert.spki).map_err(|e| {
-        Error::UnsupportedAlgorithm(format!(
-            "the recipient key is not RSA of 2048 bits or more: {e}"
-        ))
-    })?;
-    let rsa = Pkcs1PublicEncryptingKey::new(public)
-        .map_err(|_| Error::UnsupportedAlgorithm("RSA key transport".into()))?;
+    let rsa = recipient_key(cert.spki)?;
 
     let cek = random_key(cipher)?;
     let mut iv = vec![0u8; block_len(cipher)];
@@ -484,6 +478,26 @@ pub fn seal(
         &encrypted_content_info,
     ]);
     Ok(content_info(&signed::oid::ENVELOPED_DATA, &enveloped))
+}
+
+/// Whether [`seal`] can encrypt to this certificate's key, decided without encrypting:
+/// `Error::UnsupportedAlgorithm` unless it is RSA of 2048 to 8192 bits. A CertRep
+/// SUCCESS is sealed to the requester's signer certificate (RFC 8894 §3.3.2), so a
+/// request signed with any other key can only ever be answered with a FAILURE.
+pub fn check_recipient(recipient_certificate_der: &[u8]) -> Result<()> {
+    let cert = CertificateFields::parse(recipient_certificate_der)
+        .map_err(|e| Error::Malformed(format!("recipient certificate: {e}")))?;
+    recipient_key(cert.spki).map(|_| ())
+}
+
+fn recipient_key(spki: &[u8]) -> Result<Pkcs1PublicEncryptingKey> {
+    let public = PublicEncryptingKey::from_der(spki).map_err(|e| {
+        Error::UnsupportedAlgorithm(format!(
+            "the recipient key is not RSA of 2048 bits or more: {e}"
+        ))
+    })?;
+    Pkcs1PublicEncryptingKey::new(public)
+        .map_err(|_| Error::UnsupportedAlgorithm("RSA key transport".into()))
 }
 
 fn encrypt_content(
@@ -590,6 +604,29 @@ pub(crate) mod tests {
                 assert_eq!(&opened.content[..], &content[..]);
             }
         }
+    }
+
+    #[test]
+    fn check_recipient_agrees_with_seal() {
+        let rsa = ra().certificate;
+        assert!(check_recipient(&rsa).is_ok());
+        assert!(seal(b"x", &rsa, ContentCipher::Aes128Cbc).is_ok());
+
+        let key: Arc<dyn scep_hsm::Key> =
+            Arc::new(scep_hsm::SoftwareKey::generate_p256("ec".into()).unwrap());
+        let name = crate::ca::certificate::common_name("ec").unwrap();
+        let ec = crate::scep::client::Requester::self_signed(key, &name)
+            .unwrap()
+            .credential
+            .certificate;
+        assert!(matches!(
+            check_recipient(&ec),
+            Err(Error::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            seal(b"x", &ec, ContentCipher::Aes128Cbc),
+            Err(Error::UnsupportedAlgorithm(_))
+        ));
     }
 
     #[test]

@@ -48,8 +48,9 @@ pub async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let operation = ScepQuery::parse(request.uri().query().unwrap_or("")).operation;
-    let work = route(gateway, limits, request);
-    let (response, summary) = match tokio::time::timeout(limits.request_timeout, work).await {
+    let deadline = tokio::time::Instant::now() + limits.request_timeout;
+    let work = route(gateway, limits, deadline, request);
+    let (response, summary) = match tokio::time::timeout_at(deadline, work).await {
         Ok(done) => done,
         Err(_) => (
             plain(
@@ -76,9 +77,11 @@ pub async fn handle(
     Ok(response)
 }
 
+/// `deadline` ends the whole request; a body still arriving then is answered 408.
 async fn route(
     gateway: Arc<Gateway>,
     limits: Limits,
+    deadline: tokio::time::Instant,
     request: Request<Incoming>,
 ) -> (Response<Full<Bytes>>, Option<Summary>) {
     let path = request.uri().path();
@@ -142,10 +145,15 @@ async fn route(
                 Err(e) => (error_response(&e), None),
             }
         }
-        (Method::POST, "PKIOperation") => match read_body(request, limits.max_body_bytes).await {
-            Ok(body) => pki_operation(gateway, body).await,
-            Err(e) => (error_response(&e), None),
-        },
+        (Method::POST, "PKIOperation") => {
+            // The same deadline as the whole request (checked first, as the inner
+            // future): a client that stops sending is told 408, not our 503.
+            let body = tokio::time::timeout_at(deadline, read_body(request, limits.max_body_bytes));
+            match body.await.unwrap_or(Err(Error::BodyTimeout)) {
+                Ok(body) => pki_operation(gateway, body).await,
+                Err(e) => (error_response(&e), None),
+            }
+        }
         (_, "GetCACaps" | "GetCACert" | "GetNextCACert" | "PKIOperation") => (
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             None,

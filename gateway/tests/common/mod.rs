@@ -212,7 +212,7 @@ pub fn post(addr: SocketAddr, target: &str, body: &[u8]) -> Response {
     raw_request(addr, &req)
 }
 
-fn parse_response(bytes: &[u8]) -> Response {
+pub fn parse_response(bytes: &[u8]) -> Response {
     let split = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
