@@ -20,6 +20,7 @@ pub mod config;
 pub mod csr;
 pub mod enroll;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod init;
 pub mod ra;
