@@ -146,6 +146,14 @@ impl Gateway {
                 "legacy DES/3DES envelopes are enabled ([crypto] legacy_des); every use is logged"
             );
         }
+        let claim_lease = config.store.claim_lease(&config.server);
+        if claim_lease < Duration::from_secs(config.server.request_timeout_secs) {
+            tracing::warn!(
+                claim_lease_secs = claim_lease.as_secs(),
+                request_timeout_secs = config.server.request_timeout_secs,
+                "[store] claim_lease_secs is below [server] request_timeout_secs: a slow replica may finish a transaction another one re-claimed"
+            );
+        }
         Ok(Gateway {
             ca_cert: cacert::ca_cert(&ra, ca.chain()),
             ra,
@@ -158,7 +166,7 @@ impl Gateway {
             renewal: config.renewal.clone(),
             capabilities: capabilities.render(),
             next_ca_cert: next,
-            claim_lease: config.store.claim_lease(&config.server),
+            claim_lease,
             readiness: Readiness::default(),
         })
     }

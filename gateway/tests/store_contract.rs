@@ -222,6 +222,32 @@ async fn redis_outage_is_unavailable_within_the_timeout_then_recovers() {
     assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
 }
 
+/// Managed-Redis style: `rediss://` with a private CA (`tls_ca_pem`) and AUTH. The same
+/// contract body runs over it; a wrong password is Unavailable, and not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_password() {
+    let server = RedisServer::start_tls("s3cret-pw");
+    let (tls_port, ca_pem) = server.tls.clone().unwrap();
+    let connect = |password: &str| {
+        RedisStore::connect(RedisSettings {
+            url: format!("rediss://default:{password}@127.0.0.1:{tls_port}/0"),
+            tls_ca_pem: Some(ca_pem.clone()),
+            key_prefix: "tls:".into(),
+            command_timeout: Duration::from_secs(2),
+            ttl: Duration::from_secs(60),
+        })
+        .unwrap()
+    };
+    let store: Arc<dyn Store> = Arc::new(connect("s3cret-pw"));
+    store.health().await.unwrap();
+    a_claim_is_won_once_then_replayed(store).await;
+
+    let wrong = connect("not-it");
+    let error = wrong.health().await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert!(!error.to_string().contains("not-it"), "{error}");
+}
+
 /// A password in the URL never appears in the store's Debug output or its errors.
 #[tokio::test]
 async fn the_redis_password_is_never_shown() {

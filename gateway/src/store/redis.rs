@@ -110,6 +110,11 @@ impl RedisStore {
                 "the redis store must be created inside the tokio runtime".into(),
             ));
         }
+        if settings.url.starts_with("rediss://") {
+            // rustls picks its provider from the process default; make it the one the
+            // gateway uses everywhere (aws-lc-rs), even if another crate enables ring.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
         let client = match settings.tls_ca_pem {
             Some(pem) => Client::build_with_tls(
                 settings.url.as_str(),
