@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! parse ─▶ verify ─▶ open (RA key) ─▶ by messageType:
-//!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.finish
+//!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.issued
 //!   CertPoll:           store.get
 //!   GetCert:            store.certificate
 //!   GetCRL:             ca.crl
