@@ -39,7 +39,7 @@ impl Fleet {
             append: vec![
                 format!("url = \"{}\"", redis.url()),
                 format!("claim_lease_secs = {LEASE_SECS}"),
-                "command_timeout_ms = 500".into(),
+                "command_timeout_ms = 1000".into(),
             ],
             ..Options::default()
         });

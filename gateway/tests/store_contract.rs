@@ -202,12 +202,12 @@ async fn redis_outage_is_unavailable_within_the_timeout_then_recovers() {
         let started = Instant::now();
         let claimed = store.claim(&key("outage-2", b"k"), LEASE).await;
         assert!(matches!(claimed, Err(Error::Unavailable(_))), "{claimed:?}");
-        assert!(store.health().await.is_err());
         assert!(
-            started.elapsed() < timeout * 3,
+            started.elapsed() < timeout * 2,
             "took {:?}",
             started.elapsed()
         );
+        assert!(store.health().await.is_err());
     }
     let message = store.health().await.unwrap_err().to_string();
     assert!(message.contains("redis"), "{message}");
