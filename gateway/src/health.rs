@@ -76,6 +76,14 @@ pub struct Readiness {
 impl Readiness {
     /// The current report, from the cache when it is younger than [`CACHE_FOR`].
     pub async fn report(&self, gateway: &Gateway) -> Report {
+        self.cached(|| checks(gateway)).await
+    }
+
+    async fn cached<F, Fut>(&self, run: F) -> Report
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Vec<Check>>,
+    {
         let mut last = self.last.lock().await;
         if let Some((at, report)) = &*last {
             if at.elapsed() < CACHE_FOR {
@@ -83,7 +91,7 @@ impl Readiness {
             }
         }
         let report = Report {
-            checks: checks(gateway).await,
+            checks: run().await,
         };
         if !report.ready() {
             tracing::warn!(report = %report.to_json(), "not ready");
@@ -120,6 +128,36 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_storm_runs_the_checks_once_a_second() {
+        let readiness = Arc::new(Readiness::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let probe = |readiness: Arc<Readiness>, runs: Arc<AtomicUsize>| async move {
+            readiness
+                .cached(|| async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    vec![Check {
+                        name: "store",
+                        result: Err("down".into()),
+                    }]
+                })
+                .await
+        };
+        let storm: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(probe(readiness.clone(), runs.clone())))
+            .collect();
+        for probe in storm {
+            assert!(!probe.await.unwrap().ready());
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(CACHE_FOR + Duration::from_millis(50)).await;
+        probe(readiness.clone(), runs.clone()).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn the_report_names_what_failed() {
