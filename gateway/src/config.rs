@@ -177,17 +177,77 @@ impl Default for RenewalConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// How long a finished transaction is kept, so that a retry gets the same answer.
+    /// `memory` (one node) or `redis` (shared by every replica).
+    pub backend: StoreBackend,
+    /// How long a finished transaction and an issued certificate (GetCert) are kept, so
+    /// that a retry gets the same answer.
     pub transaction_ttl_secs: u64,
-    /// Most transactions kept in memory; the oldest are dropped beyond it.
+    /// Most transactions kept in memory (memory backend only); beyond it new
+    /// transactions are refused with HTTP 503 until old ones expire.
     pub max_transactions: usize,
+    /// How long a claimed transaction stays claimed if the replica working on it dies;
+    /// a retry elsewhere proceeds after it. Default: `server.request_timeout_secs`, at
+    /// least 30. Keep it above `request_timeout_secs`, or a slow replica could finish a
+    /// transaction another one has re-claimed.
+    pub claim_lease_secs: Option<u64>,
+    /// Redis: the URL (`redis://host:port/db`, `rediss://` for TLS) when it holds no
+    /// password. A URL with a password goes in `url_env`.
+    pub url: Option<String>,
+    /// Redis: the environment variable holding the URL (and its password).
+    pub url_env: Option<String>,
+    /// Redis: PEM CA certificate(s) the `rediss://` server certificate chains to, when
+    /// it is not a public CA (Memorystore, a private CA). System roots otherwise.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Redis: prepended to every key, so that several gateways can share one Redis.
+    pub key_prefix: String,
+    /// Redis: bound on every store call; beyond it the request gets HTTP 503.
+    pub command_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Memory,
+    Redis,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: StoreBackend::Memory,
             transaction_ttl_secs: 7 * 24 * 3600,
             max_transactions: 1_000_000,
+            claim_lease_secs: None,
+            url: None,
+            url_env: None,
+            tls_ca_file: None,
+            key_prefix: "scep:".into(),
+            command_timeout_ms: 1000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The claim lease; see [`StoreConfig::claim_lease_secs`].
+    pub fn claim_lease(&self, server: &ServerConfig) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.claim_lease_secs
+                .unwrap_or(server.request_timeout_secs.max(30)),
+        )
+    }
+
+    /// The Redis URL, from `url` or the variable `url_env` names.
+    pub fn redis_url(&self) -> Result<String, ConfigError> {
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var).map_err(|_| ConfigError::Invalid {
+                setting: "store.url_env",
+                reason: format!("the environment variable {var} is not set"),
+            }),
+            _ => Err(ConfigError::Invalid {
+                setting: "store.url",
+                reason: "the redis backend needs exactly one of url or url_env".into(),
+            }),
         }
     }
 }
@@ -244,6 +304,7 @@ impl FileConfig {
         if let Some(next) = &mut self.next {
             next.certificates.iter_mut().for_each(fix);
         }
+        self.store.tls_ca_file.as_mut().map(fix);
     }
 
     /// Checks that need no file access.
@@ -282,6 +343,54 @@ impl FileConfig {
             if next.certificates.is_empty() {
                 return invalid("next.certificates", "lists no certificate");
             }
+        }
+        self.check_store()
+    }
+
+    fn check_store(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.into(),
+            })
+        };
+        let store = &self.store;
+        if store.claim_lease_secs == Some(0) {
+            return invalid("store.claim_lease_secs", "must be at least 1");
+        }
+        if store.transaction_ttl_secs == 0 {
+            return invalid("store.transaction_ttl_secs", "must be at least 1");
+        }
+        if store.backend == StoreBackend::Memory {
+            return Ok(());
+        }
+        if store.url.is_some() == store.url_env.is_some() {
+            return invalid(
+                "store.url",
+                "the redis backend needs exactly one of url or url_env",
+            );
+        }
+        // Passwords never sit in the config file (it is read by humans, copied into
+        // tickets, committed): a URL with credentials belongs in url_env.
+        if let Some(url) = &store.url {
+            let authority = url.split_once("://").map_or("", |(_, rest)| {
+                rest.split(['/', '?', '#']).next().unwrap_or("")
+            });
+            let credentials = authority
+                .rsplit_once('@')
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+            if credentials || url.contains("pass=") {
+                return invalid(
+                    "store.url",
+                    "holds a password: put the URL in an environment variable and name it in store.url_env",
+                );
+            }
+        }
+        if store.command_timeout_ms == 0 {
+            return invalid("store.command_timeout_ms", "must be at least 1");
+        }
+        if store.key_prefix.is_empty() {
+            return invalid("store.key_prefix", "must not be empty");
         }
         Ok(())
     }
@@ -348,9 +457,20 @@ allow = true
 require_same_subject = true
 
 [store]
-# How long a finished transaction is remembered (retries get the same answer).
+# "memory": this process only. "redis": shared by every replica behind a load balancer.
+backend = "memory"
+# How long a finished transaction and its certificate are remembered (retries, GetCert).
 transaction_ttl_secs = 604800
+# Memory backend: most transactions kept.
 max_transactions = 1000000
+# How long a claim outlives a replica that died mid-request (default: request timeout, >= 30).
+# claim_lease_secs = 30
+# Redis backend: the URL, or the environment variable holding it (when it has a password).
+# url = "redis://127.0.0.1:6379/0"
+# url_env = "SCEP_REDIS_URL"          # e.g. rediss://default:PASSWORD@cache.example:6380/0
+# tls_ca_file = "redis-ca.pem"        # rediss:// with a private CA
+# key_prefix = "scep:"
+# command_timeout_ms = 1000
 "#
     )
 }
@@ -386,6 +506,35 @@ mod tests {
             .to_string();
         assert!(err.contains("max_body_byte"), "{err}");
         assert!(err.contains("gateway.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_redis_store_needs_a_url_without_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = example("c.txt").replace("backend = \"memory\"", "backend = \"redis\"");
+        let err = FileConfig::load(&write(dir.path(), &base))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.url"), "{err}");
+        let with_password = base.replace(
+            "# url = \"redis://127.0.0.1:6379/0\"",
+            "url = \"redis://default:hunter2@127.0.0.1:6379/0\"",
+        );
+        let err = FileConfig::load(&write(dir.path(), &with_password))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("url_env") && !err.contains("hunter2"), "{err}");
+        let fine = base.replace(
+            "# url = \"redis://127.0.0.1:6379/0\"",
+            "url = \"redis://127.0.0.1:6379/0\"",
+        );
+        let c = FileConfig::load(&write(dir.path(), &fine)).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Redis);
+        assert_eq!(c.store.key_prefix, "scep:");
+        assert_eq!(
+            c.store.claim_lease(&c.server),
+            std::time::Duration::from_secs(30)
+        );
     }
 
     #[test]

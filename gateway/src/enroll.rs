@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! parse ─▶ verify ─▶ open (RA key) ─▶ by messageType:
-//!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.finish
+//!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.issued
 //!   CertPoll:           store.get
 //!   GetCert:            store.certificate
 //!   GetCRL:             ca.crl
@@ -23,7 +23,7 @@ use crate::scep::certrep::{self, Outcome};
 use crate::scep::message::MessageType;
 use crate::scep::request::{Request, RequestBody, RequestHeader, SignedRequest};
 use crate::service::Gateway;
-use crate::store::{Claim, Record, TransactionKey};
+use crate::store::{observe, Claim, Record, TransactionKey};
 
 /// What happened, for the request log and metrics.
 #[derive(Debug, Clone)]
@@ -165,10 +165,13 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
     let csr = CertificationRequest::from_der(csr_der)?;
     let key = transaction_key(gateway, header)?;
 
-    match gateway.store.claim(&key, gateway.claim_lease).await? {
+    let claim = gateway.store.claim(&key, gateway.claim_lease).await?;
+    observe::claim(&claim);
+    match claim {
         Claim::Won => {}
         Claim::Existing(Record::Issued { certificate }) => {
             tracing::info!(transaction_id = %header.transaction_id, "retry answered from the store");
+            observe::retry_answered("pkcsreq");
             return Ok(issued(gateway, certificate));
         }
         Claim::Existing(Record::Pending | Record::InProgress) => return Ok(Outcome::Pending),
@@ -183,25 +186,14 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
         Ok(certificate) => {
             let fields = CertificateFields::parse(&certificate)?;
             // The certificate exists now: losing it from the store must not lose it
-            // from the reply.
+            // from the reply. (If the store is down here, the claim stays InProgress
+            // until its lease lapses: retries get PENDING meanwhile.)
             if let Err(e) = gateway
                 .store
-                .put_certificate(fields.issuer, fields.serial, certificate.clone())
+                .issued(&key, fields.issuer, fields.serial, certificate.clone())
                 .await
             {
-                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not stored for GetCert");
-            }
-            if let Err(e) = gateway
-                .store
-                .finish(
-                    &key,
-                    Record::Issued {
-                        certificate: certificate.clone(),
-                    },
-                )
-                .await
-            {
-                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries");
+                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
             }
             Ok(issued(gateway, certificate))
         }
@@ -267,7 +259,10 @@ async fn authorize_and_issue(
 async fn poll(gateway: &Gateway, header: &RequestHeader) -> Result<Outcome> {
     let key = transaction_key(gateway, header)?;
     match gateway.store.get(&key).await? {
-        Some(Record::Issued { certificate }) => Ok(issued(gateway, certificate)),
+        Some(Record::Issued { certificate }) => {
+            observe::retry_answered("certpoll");
+            Ok(issued(gateway, certificate))
+        }
         Some(Record::Pending | Record::InProgress) => Ok(Outcome::Pending),
         None => Err(Error::NotFound("no such transaction".into())),
     }

@@ -6,7 +6,7 @@
 //! http::server   accept, TLS, limits          ─▶ http::routes  operation + message bytes
 //!   (GET: http::query decodes the base64 leniently)
 //! scep::request  SignedData → verify → EnvelopedData → RA key (hsm) → messageData
-//! enroll         store.claim → challenge → ca.issue → store.finish
+//! enroll         store.claim → challenge → ca.issue → store.issued
 //! scep::certrep  certs-only → envelope to the device → signed by the RA key (hsm)
 //! ```
 //! Every failure is one [`error::Error`]; [`error::Error::answer`] turns it into a CertRep
@@ -20,6 +20,7 @@ pub mod config;
 pub mod csr;
 pub mod enroll;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod init;
 pub mod ra;

@@ -19,12 +19,16 @@ use crate::ca::Ca;
 use crate::challenge::static_secret::StaticChallenge;
 use crate::challenge::{Challenge, NoChallenge};
 use crate::cms::signed::CertificateFields;
-use crate::config::{ChallengeConfig, ConfigError, FileConfig, RenewalConfig};
+use crate::config::{
+    ChallengeConfig, ConfigError, FileConfig, RenewalConfig, StoreBackend, StoreConfig,
+};
+use crate::health::Readiness;
 use crate::ra::{Credential, RaKeys};
 use crate::scep::cacert::{self, CaCertAnswer};
 use crate::scep::capabilities::Capabilities;
 use crate::scep::request::CryptoPolicy;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::Store;
 
 /// The running gateway's shared state.
@@ -42,6 +46,8 @@ pub struct Gateway {
     pub next_ca_cert: Option<CaCertAnswer>,
     /// How long a claimed transaction stays claimed if this process dies mid-way.
     pub claim_lease: Duration,
+    /// `/readyz`, cached.
+    pub readiness: Readiness,
 }
 
 impl Gateway {
@@ -140,14 +146,19 @@ impl Gateway {
                 "legacy DES/3DES envelopes are enabled ([crypto] legacy_des); every use is logged"
             );
         }
+        let claim_lease = config.store.claim_lease(&config.server);
+        if claim_lease < Duration::from_secs(config.server.request_timeout_secs) {
+            tracing::warn!(
+                claim_lease_secs = claim_lease.as_secs(),
+                request_timeout_secs = config.server.request_timeout_secs,
+                "[store] claim_lease_secs is below [server] request_timeout_secs: a slow replica may finish a transaction another one re-claimed"
+            );
+        }
         Ok(Gateway {
             ca_cert: cacert::ca_cert(&ra, ca.chain()),
             ra,
             ca,
-            store: Arc::new(MemoryStore::new(
-                Duration::from_secs(config.store.transaction_ttl_secs),
-                config.store.max_transactions,
-            )),
+            store: build_store(&config.store)?,
             challenge: load_challenge(&config.challenge)?,
             policy: CryptoPolicy {
                 legacy_des: config.crypto.legacy_des,
@@ -155,8 +166,41 @@ impl Gateway {
             renewal: config.renewal.clone(),
             capabilities: capabilities.render(),
             next_ca_cert: next,
-            claim_lease: Duration::from_secs(config.server.request_timeout_secs.max(30)),
+            claim_lease,
+            readiness: Readiness::default(),
         })
+    }
+}
+
+/// The configured transaction store. The Redis store connects lazily: a gateway started
+/// while Redis is down starts not-ready (`/readyz` 503) and becomes ready when it answers.
+fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> {
+    let ttl = Duration::from_secs(config.transaction_ttl_secs);
+    match config.backend {
+        StoreBackend::Memory => Ok(Arc::new(MemoryStore::new(ttl, config.max_transactions))),
+        StoreBackend::Redis => {
+            let tls_ca_pem = match &config.tls_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::File {
+                    setting: "store.tls_ca_file",
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            };
+            let store = RedisStore::connect(RedisSettings {
+                url: config.redis_url()?,
+                tls_ca_pem,
+                key_prefix: config.key_prefix.clone(),
+                command_timeout: Duration::from_millis(config.command_timeout_ms),
+                ttl,
+            })
+            .map_err(|e| ConfigError::Invalid {
+                setting: "store.url",
+                reason: e.to_string(),
+            })?;
+            tracing::info!(endpoint = store.endpoint(), prefix = %config.key_prefix, "redis transaction store");
+            Ok(Arc::new(store))
+        }
     }
 }
 

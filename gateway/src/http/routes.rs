@@ -87,7 +87,7 @@ async fn route(
     let path = request.uri().path();
     match path {
         "/healthz" => return (plain(StatusCode::OK, "ok\n"), None),
-        "/readyz" => return (plain(StatusCode::OK, "ready\n"), None),
+        "/readyz" => return (readyz(&gateway).await, None),
         _ if !SCEP_PATHS.contains(&path) => {
             return (plain(StatusCode::NOT_FOUND, "not found\n"), None)
         }
@@ -163,6 +163,17 @@ async fn route(
             None,
         ),
     }
+}
+
+/// 200 `{"ready":true}` or 503 `{"ready":false,"store":"<reason>"}` (see [`crate::health`]).
+async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
+    let report = gateway.readiness.report(gateway).await;
+    let status = if report.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    with_type(status, "application/json", Bytes::from(report.to_json()))
 }
 
 async fn pki_operation(

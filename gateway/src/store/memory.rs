@@ -22,11 +22,14 @@ struct Entry {
     expires: Instant,
 }
 
+/// Issued certificates by (issuer, serial), with their expiry.
+type Certificates = DashMap<(Vec<u8>, Vec<u8>), (Arc<[u8]>, Instant)>;
+
 /// Transactions and issued certificates in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
     transactions: DashMap<(TransactionId, Option<[u8; 32]>), Entry>,
-    certificates: DashMap<(Vec<u8>, Vec<u8>), (Arc<[u8]>, Instant)>,
+    certificates: Certificates,
     ttl: Duration,
     max_entries: usize,
 }

@@ -6,10 +6,14 @@
 //! key: clients derive the transactionID from the key, so a reused key repeats it, and a
 //! different key presenting the same transactionID is someone else (refused).
 //!
-//! The in-process [`memory::MemoryStore`] serves one node; a shared Redis store (same
-//! trait) serves a fleet of replicas.
+//! The in-process [`memory::MemoryStore`] serves one node; the shared
+//! [`redis::RedisStore`] (same trait) serves a fleet of replicas behind a load balancer,
+//! so that a retry landing on another replica is answered from the same record.
 
+mod codec;
 pub mod memory;
+pub mod observe;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,4 +116,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         issuer: &'a [u8],
         serial: &'a [u8],
     ) -> BoxFuture<'a, Result<Option<Arc<[u8]>>>>;
+
+    /// Records an issued certificate: findable by issuer and serial, and the final state
+    /// of its transaction. One call so that a shared store can send both writes in one
+    /// round trip (the happy path then costs two: the claim and this).
+    fn issued<'a>(
+        &'a self,
+        key: &'a TransactionKey,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        certificate: Arc<[u8]>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let stored = self
+                .put_certificate(issuer, serial, certificate.clone())
+                .await;
+            self.finish(key, Record::Issued { certificate }).await?;
+            stored
+        })
+    }
+
+    /// Whether the store can serve requests now (readiness). Bounded in time.
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -3,6 +3,8 @@
 //! would), and the check that a peer tool exists.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,20 +33,20 @@ pub fn require_tool(name: &str) -> PathBuf {
 #[derive(Default, Clone)]
 pub struct Options {
     pub legacy_des: bool,
-    /// Lines appended to gateway.toml (later keys of a table must not repeat earlier ones).
+    /// `key = value` replacements in gateway.toml (the first `key =` line is replaced).
     pub extra_config: Vec<(String, String)>,
+    /// Lines appended to gateway.toml, i.e. to its last table (`[store]`).
+    pub append: Vec<String>,
 }
 
-/// A running `scep-gateway serve`, killed on drop.
-pub struct Gateway {
+/// A development PKI and its gateway.toml, made by `scep-gateway init`: several gateways
+/// started from it share one CA and RA (replicas).
+pub struct Pki {
     pub dir: tempfile::TempDir,
-    pub addr: SocketAddr,
-    child: Child,
-    log: PathBuf,
 }
 
-impl Gateway {
-    pub fn start(options: Options) -> Gateway {
+impl Pki {
+    pub fn init(options: &Options) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         let mut init = Command::new(env!("CARGO_BIN_EXE_scep-gateway"));
@@ -61,19 +63,55 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         let config = pki.join("gateway.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
         for (key, replacement) in &options.extra_config {
-            let text = std::fs::read_to_string(&config).unwrap();
-            let edited = set_config(&text, key, replacement);
-            std::fs::write(&config, edited).unwrap();
+            text = set_config(&text, key, replacement);
         }
-        Self::serve(dir, &config)
+        for line in &options.append {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&config, text).unwrap();
+        Pki { dir }
     }
 
-    fn serve(dir: tempfile::TempDir, config: &Path) -> Gateway {
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path().join("gateway.toml")
+    }
+
+    /// Starts a gateway on a free port from this PKI's config.
+    pub fn serve(&self) -> Gateway {
+        Gateway::serve(tempfile::tempdir().unwrap(), self.path())
+    }
+}
+
+/// A running `scep-gateway serve`, killed on drop.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pki: PathBuf,
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(options: Options) -> Gateway {
+        let pki = Pki::init(&options);
+        let path = pki.path();
+        Self::serve(pki.dir, path)
+    }
+
+    /// Runs `serve` with `pki`/gateway.toml; `dir` (kept alive) holds the log.
+    fn serve(dir: tempfile::TempDir, pki: PathBuf) -> Gateway {
+        let config = pki.join("gateway.toml");
         let log = dir.path().join("gateway.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_scep-gateway"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
+            .arg(&config)
             .env("SCEP_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -106,6 +144,7 @@ impl Gateway {
         });
         Gateway {
             dir,
+            pki,
             addr,
             child,
             log,
@@ -117,7 +156,7 @@ impl Gateway {
     }
 
     pub fn pki(&self) -> PathBuf {
-        self.dir.path().join("pki")
+        self.pki.clone()
     }
 
     pub fn ca_pem(&self) -> PathBuf {
@@ -126,6 +165,12 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process dies mid-request, holding whatever it held.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Still running (not crashed)?
@@ -247,10 +292,7 @@ pub fn parse_response(bytes: &[u8]) -> Response {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(std::str::from_utf8(&data[..end]).unwrap().trim(), 16).unwrap();
         if size == 0 {

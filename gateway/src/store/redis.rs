@@ -1,0 +1,466 @@
+//! The shared store: one Redis (or Valkey, or a managed Redis) for a fleet of replicas.
+//!
+//! Any replica can answer any request, and a device never gets two certificates for one
+//! transaction because its retry landed elsewhere (RFC 8894 §3.2.1.1: the transactionID
+//! stays the same for every message of a transaction):
+//!
+//! - **claim**: `SET key <InProgress> NX PX <lease> GET` — one round trip that either
+//!   creates the claim or returns what was there (<https://redis.io/docs/latest/commands/set/>;
+//!   NX together with GET needs Redis ≥ 7.0). The old value says who owns it.
+//! - **issued** / **finish**: `SET key <record> PX <ttl>` (pipelined with the certificate's
+//!   own key for GetCert): the happy path costs two round trips.
+//! - **release**: compare-and-delete in a Lua script (`EVALSHA`,
+//!   <https://redis.io/docs/latest/commands/eval/>), so that a lapsed claim re-won by
+//!   another replica is never deleted by the first.
+//! - a claim whose replica died simply expires with its lease (`PX`).
+//!
+//! Every call is bounded by `command_timeout`: when Redis is down the caller gets
+//! [`Error::Unavailable`] (HTTP 503, nothing issued, the client retries) — never a hang,
+//! and never an issuance without a claim. The `ConnectionManager` reconnects by itself,
+//! so the service resumes without a restart.
+//!
+//! Keys (`prefix` defaults to `scep:`):
+//! ```text
+//! {prefix}tx:n:{transactionID}                      a PKCSReq transaction
+//! {prefix}tx:r:{sha256(renewed cert) hex}:{transactionID}   a renewal
+//! {prefix}cert:{sha256(issuer Name) hex}:{serial hex}       an issued certificate
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError};
+
+use super::{codec, observe, Claim, Record, Store, TransactionKey};
+use crate::ca::BoxFuture;
+use crate::error::{Error, Result};
+
+/// Deletes the transaction only if it still holds exactly our InProgress record
+/// (ARGV[1]): a claim that lapsed and was won by another replica is left alone.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// How to reach Redis and what to keep for how long.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://[user][:password@]host[:port][/db]` or `rediss://…` for TLS. May hold a
+    /// password: never logged (see [`redact`]).
+    pub url: String,
+    /// PEM CA certificate(s) for `rediss://` endpoints not signed by a public CA
+    /// (Memorystore's server CA, a private CA); the system roots otherwise.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    pub key_prefix: String,
+    /// Bound on every store call, the (re)connection included.
+    pub command_timeout: Duration,
+    /// How long finished transactions and issued certificates are kept.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// Transactions and issued certificates in Redis.
+pub struct RedisStore {
+    manager: ConnectionManager,
+    /// The URL without its password, for logs and errors.
+    endpoint: String,
+    prefix: String,
+    timeout: Duration,
+    ttl: Duration,
+    release: redis::Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("endpoint", &self.endpoint)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Prepares the connection without waiting for it: a gateway started while Redis is
+    /// down starts not-ready and becomes ready when Redis answers. Must be called inside
+    /// a tokio runtime (the connection manager spawns its task there).
+    pub fn connect(settings: RedisSettings) -> Result<Self> {
+        let endpoint = redact(&settings.url);
+        let invalid = |e: RedisError| {
+            // The parse errors of the redis crate do not echo the URL; the endpoint we
+            // name is redacted.
+            Error::Unavailable(format!("redis store {endpoint}: {e}"))
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Unavailable(
+                "the redis store must be created inside the tokio runtime".into(),
+            ));
+        }
+        if settings.url.starts_with("rediss://") {
+            // rustls picks its provider from the process default; make it the one the
+            // gateway uses everywhere (aws-lc-rs), even if another crate enables ring.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let client = match settings.tls_ca_pem {
+            Some(pem) => Client::build_with_tls(
+                settings.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+            None => Client::open(settings.url.as_str()),
+        }
+        .map_err(invalid)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            // Reconnect attempts are cheap and our own timeout bounds each call: keep the
+            // backoff short so that the service resumes within a second of Redis.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
+        Ok(RedisStore {
+            manager,
+            endpoint,
+            prefix: settings.key_prefix,
+            timeout: settings.command_timeout,
+            ttl: settings.ttl,
+            release: redis::Script::new(RELEASE),
+        })
+    }
+
+    /// The endpoint, password removed.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn transaction_key(&self, key: &TransactionKey) -> String {
+        match &key.renewing {
+            None => format!("{}tx:n:{}", self.prefix, key.id.as_str()),
+            Some(renewed) => format!(
+                "{}tx:r:{}:{}",
+                self.prefix,
+                hex::encode(renewed),
+                key.id.as_str()
+            ),
+        }
+    }
+
+    fn certificate_key(&self, issuer: &[u8], serial: &[u8]) -> String {
+        format!(
+            "{}cert:{}:{}",
+            self.prefix,
+            hex::encode(super::sha256(issuer)),
+            hex::encode(serial)
+        )
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        millis(self.ttl)
+    }
+
+    /// Runs one store operation within the timeout, retrying once on a connection error
+    /// (the first command after Redis comes back fails while the manager reconnects).
+    /// Retrying is safe for every operation here: a claim whose first SET did land
+    /// answers Existing(InProgress) with our own key hash, i.e. PENDING, never a second
+    /// issuance.
+    async fn call<T, F, Fut>(&self, op: &'static str, run: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let attempts = async {
+            match run(self.manager.clone()).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    run(self.manager.clone()).await
+                }
+                other => other,
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, attempts).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::Unavailable(format!(
+                "redis store {}: {op}: {e}",
+                self.endpoint
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "redis store {}: {op}: no answer within {} ms",
+                self.endpoint,
+                self.timeout.as_millis()
+            ))),
+        };
+        observe::command("redis", op, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+/// Milliseconds for `PX`, at least 1 (`PX 0` is an error) and within Redis' range.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, i64::MAX as u64 / 2)
+}
+
+impl Store for RedisStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a TransactionKey,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim>> {
+        Box::pin(async move {
+            let redis_key = self.transaction_key(key);
+            let value = codec::encode(&key.key_hash, &Record::InProgress);
+            let lease_ms = millis(lease);
+            let old: Option<Vec<u8>> = self
+                .call("claim", |mut conn| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&redis_key)
+                        .arg(&value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(lease_ms)
+                        .arg("GET");
+                    async move { cmd.query_async(&mut conn).await }
+                })
+                .await?;
+            match old {
+                None => Ok(Claim::Won),
+                Some(bytes) => {
+                    let (owner, record) = codec::decode(&bytes)?;
+                    Ok(if owner == key.key_hash {
+                        Claim::Existing(record)
+                    } else {
+                        Claim::Conflict
+                    })
+                }
+            }
+        })
+    }
+
+    fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let redis_key = self.transaction_key(key);
+            let value = codec::encode(&key.key_hash, &record);
+            let ttl = self.ttl_ms();
+            self.call("finish", |mut conn| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&redis_key).arg(&value).arg("PX").arg(ttl);
+                async move { cmd.query_async::<()>(&mut conn).await }
+            })
+            .await
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let redis_key = self.transaction_key(key);
+            let ours = codec::encode(&key.key_hash, &Record::InProgress);
+            self.call("release", |mut conn| {
+                let mut invocation = self.release.prepare_invoke();
+                invocation.key(&redis_key).arg(&ours);
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            })
+            .await
+            .map(drop)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<Option<Record>>> {
+        Box::pin(async move {
+            let redis_key = self.transaction_key(key);
+            let found: Option<Vec<u8>> = self
+                .call("get", |mut conn| {
+                    let mut cmd = redis::cmd("GET");
+                    cmd.arg(&redis_key);
+                    async move { cmd.query_async(&mut conn).await }
+                })
+                .await?;
+            match found {
+                None => Ok(None),
+                Some(bytes) => {
+                    let (owner, record) = codec::decode(&bytes)?;
+                    Ok((owner == key.key_hash).then_some(record))
+                }
+            }
+        })
+    }
+
+    fn put_certificate<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        certificate: Arc<[u8]>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let redis_key = self.certificate_key(issuer, serial);
+            let ttl = self.ttl_ms();
+            self.call("put_certificate", |mut conn| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&redis_key).arg(&*certificate).arg("PX").arg(ttl);
+                async move { cmd.query_async::<()>(&mut conn).await }
+            })
+            .await
+        })
+    }
+
+    fn certificate<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+    ) -> BoxFuture<'a, Result<Option<Arc<[u8]>>>> {
+        Box::pin(async move {
+            let redis_key = self.certificate_key(issuer, serial);
+            let found: Option<Vec<u8>> = self
+                .call("certificate", |mut conn| {
+                    let mut cmd = redis::cmd("GET");
+                    cmd.arg(&redis_key);
+                    async move { cmd.query_async(&mut conn).await }
+                })
+                .await?;
+            Ok(found.map(Arc::from))
+        })
+    }
+
+    /// Both writes in one pipeline: one round trip after the claim.
+    fn issued<'a>(
+        &'a self,
+        key: &'a TransactionKey,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        certificate: Arc<[u8]>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let cert_key = self.certificate_key(issuer, serial);
+            let tx_key = self.transaction_key(key);
+            let record = codec::encode(
+                &key.key_hash,
+                &Record::Issued {
+                    certificate: certificate.clone(),
+                },
+            );
+            let ttl = self.ttl_ms();
+            self.call("issued", |mut conn| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(&cert_key)
+                    .arg(&*certificate)
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("SET")
+                    .arg(&tx_key)
+                    .arg(&record)
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore();
+                async move { pipe.exec_async(&mut conn).await }
+            })
+            .await
+        })
+    }
+
+    /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>).
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.call("ping", |mut conn| async move {
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await
+        })
+    }
+}
+
+/// The URL without its password (userinfo after the first `:`, and any query, where
+/// the redis crate also accepts credentials): safe for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsed redis url>".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((before, _query)) => format!("{before}?…"),
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact("rediss://default:s3cret@cache.example:6380/0"),
+            "rediss://default:***@cache.example:6380/0"
+        );
+        assert_eq!(
+            redact("redis://:p@ss:w@127.0.0.1"),
+            "redis://:***@127.0.0.1"
+        );
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0?pass=x"),
+            "redis://127.0.0.1:6379/0?…"
+        );
+        assert_eq!(redact("redis://127.0.0.1"), "redis://127.0.0.1");
+        assert!(!redact("s3cret").contains("s3cret"));
+    }
+
+    #[test]
+    fn renewals_and_first_enrollments_never_share_a_key() {
+        // A transactionID that looks like a renewal key must not collide with one.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let store = RedisStore::connect(RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            tls_ca_pem: None,
+            key_prefix: "scep:".into(),
+            command_timeout: Duration::from_millis(100),
+            ttl: Duration::from_secs(60),
+        })
+        .unwrap();
+        let id = crate::scep::message::TransactionId::new("t".into()).unwrap();
+        let renewal = TransactionKey::new(id.clone(), b"k", Some(b"old"));
+        let forged_id = format!("r:{}:t", hex::encode(renewal.renewing.unwrap()));
+        let forged = TransactionKey::new(
+            crate::scep::message::TransactionId::new(forged_id).unwrap(),
+            b"k",
+            None,
+        );
+        assert_ne!(
+            store.transaction_key(&renewal),
+            store.transaction_key(&forged)
+        );
+        assert_eq!(
+            store.transaction_key(&TransactionKey::new(id, b"k", None)),
+            "scep:tx:n:t"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! Stateless replicas (issue 4): several `scep-gateway` processes sharing one CA and one
+//! real `redis-server`. A device's retry may land on any replica, at the same time as
+//! the original, after a replica died, or while Redis is down: it never gets two
+//! certificates for one transaction, and never a hang.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::{get, post, Gateway, Options, Pki};
+use scep_gateway::ca::certificate::common_name;
+use scep_gateway::cms::algorithms::{ContentCipher, Digest};
+use scep_gateway::cms::signed::CertificateFields;
+use scep_gateway::scep::client::{self, MessageSpec, Reply, Requester};
+use scep_gateway::scep::message::{MessageType, Nonce, PkiStatus};
+use scep_gateway::store::redis::{RedisSettings, RedisStore};
+use scep_gateway::store::{Claim, Store, TransactionKey};
+use scep_hsm::{Key, SoftwareKey};
+
+const LEASE_SECS: u64 = 5;
+
+/// One Redis and `n` replicas started from one `init` (one CA, one RA).
+struct Fleet {
+    redis: RedisServer,
+    _pki: Pki,
+    replicas: Vec<Gateway>,
+    /// The RA certificate devices encrypt to, from GetCACert.
+    ra: Vec<u8>,
+}
+
+impl Fleet {
+    fn start(n: usize) -> Fleet {
+        let redis = RedisServer::start();
+        let pki = Pki::init(&Options {
+            extra_config: vec![("backend".into(), "\"redis\"".into())],
+            append: vec![
+                format!("url = \"{}\"", redis.url()),
+                format!("claim_lease_secs = {LEASE_SECS}"),
+                "command_timeout_ms = 1000".into(),
+            ],
+            ..Options::default()
+        });
+        let replicas: Vec<Gateway> = (0..n).map(|_| pki.serve()).collect();
+        let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
+        assert_eq!(answer.status, 200);
+        let certs = client::ca_certificates(&answer.body).unwrap();
+        let ra = client::encryption_certificate(&certs).unwrap().to_vec();
+        Fleet {
+            redis,
+            _pki: pki,
+            replicas,
+            ra,
+        }
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.replicas[i].addr
+    }
+}
+
+/// A device: its key, self-signed certificate and CSR (with the challenge).
+struct Device {
+    requester: Requester,
+    csr: Vec<u8>,
+    subject: Vec<u8>,
+}
+
+impl Device {
+    fn new(name: &str) -> Device {
+        let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(name.into(), 2048).unwrap());
+        let subject = common_name(name).unwrap();
+        let requester = Requester::self_signed(key, &subject).unwrap();
+        let csr = requester
+            .certification_request(&subject, Some(common::CHALLENGE))
+            .unwrap();
+        Device {
+            requester,
+            csr,
+            subject,
+        }
+    }
+
+    fn spec(&self, message_type: MessageType) -> MessageSpec {
+        MessageSpec {
+            message_type,
+            transaction_id: self.requester.key_transaction_id(),
+            sender_nonce: Nonce::random(),
+            digest: Digest::Sha256,
+            cipher: ContentCipher::Aes128Cbc,
+        }
+    }
+
+    fn pkcsreq(&self, ra: &[u8]) -> (MessageSpec, Vec<u8>) {
+        let spec = self.spec(MessageType::PkcsReq);
+        let message = self.requester.pki_message(&spec, ra, &self.csr).unwrap();
+        (spec, message)
+    }
+
+    /// CertPoll (RFC 8894 §3.3.3): IssuerAndSubject of the certificate awaited.
+    fn certpoll(&self, ra: &[u8], issuer: &[u8]) -> (MessageSpec, Vec<u8>) {
+        let spec = self.spec(MessageType::CertPoll);
+        let content = der_sequence(&[issuer, &self.subject]);
+        let message = self.requester.pki_message(&spec, ra, &content).unwrap();
+        (spec, message)
+    }
+
+    /// The store's key for this device's first enrollment, as a replica computes it.
+    fn transaction_key(&self) -> TransactionKey {
+        TransactionKey::new(
+            self.requester.key_transaction_id(),
+            self.requester.credential.key.public_key_info(),
+            None,
+        )
+    }
+
+    /// Sends a pkiMessage and reads the CertRep (HTTP 200 required).
+    fn exchange(&self, addr: SocketAddr, spec: &MessageSpec, message: &[u8]) -> Reply {
+        let response = post(addr, "/scep?operation=PKIOperation", message);
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        self.requester
+            .read_reply(&response.body, spec, false)
+            .unwrap()
+    }
+}
+
+fn der_sequence(parts: &[&[u8]]) -> Vec<u8> {
+    let content: Vec<u8> = parts.concat();
+    let mut out = vec![0x30];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend(content);
+    out
+}
+
+/// (serial, certificate) of a SUCCESS reply's issued certificate.
+fn issued(reply: &Reply) -> (Vec<u8>, Vec<u8>) {
+    let cert = reply
+        .certificates
+        .first()
+        .expect("SUCCESS without a certificate");
+    let fields = CertificateFields::parse(cert).unwrap();
+    (fields.serial.to_vec(), cert.clone())
+}
+
+/// The same PKCSReq sent to three replicas at once, for 50 devices: one certificate per
+/// transaction, every reply SUCCESS or PENDING, and a CertPoll on each replica
+/// afterwards returns that certificate.
+#[test]
+fn the_same_request_on_three_replicas_at_once_gets_one_certificate() {
+    let mut fleet = Fleet::start(3);
+    let started = Instant::now();
+    let devices: Vec<Device> = std::thread::scope(|s| {
+        let halves: Vec<_> = (0..2)
+            .map(|half| {
+                s.spawn(move || {
+                    (0..25)
+                        .map(|i| Device::new(&format!("replica-device-{}", half * 25 + i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("50 devices made in {:?}", started.elapsed());
+
+    let (mut successes, mut pendings) = (0, 0);
+    let mut certificates = Vec::new();
+    for device in &devices {
+        let (spec, message) = device.pkcsreq(&fleet.ra);
+        let replies: Vec<Reply> = std::thread::scope(|s| {
+            let sent: Vec<_> = (0..3)
+                .map(|i| {
+                    let (addr, spec, message) = (fleet.addr(i), &spec, &message);
+                    s.spawn(move || device.exchange(addr, spec, message))
+                })
+                .collect();
+            sent.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut serials = Vec::new();
+        for reply in &replies {
+            match reply.status {
+                PkiStatus::Success => {
+                    successes += 1;
+                    serials.push(issued(reply));
+                }
+                PkiStatus::Pending => pendings += 1,
+                other => panic!("{other:?}: {:?}", reply.fail_info_text),
+            }
+        }
+        assert!(!serials.is_empty(), "no replica issued");
+        serials.dedup();
+        assert_eq!(serials.len(), 1, "two certificates for one transaction");
+        certificates.push(serials.remove(0));
+    }
+    eprintln!("{successes} SUCCESS and {pendings} PENDING replies");
+
+    for (device, (serial, cert)) in devices.iter().zip(&certificates) {
+        let issuer = CertificateFields::parse(cert).unwrap().issuer.to_vec();
+        for i in 0..3 {
+            let (spec, message) = device.certpoll(&fleet.ra, &issuer);
+            let reply = device.exchange(fleet.addr(i), &spec, &message);
+            assert_eq!(
+                reply.status,
+                PkiStatus::Success,
+                "{:?}",
+                reply.fail_info_text
+            );
+            assert_eq!(&issued(&reply).0, serial, "CertPoll on replica {i}");
+        }
+    }
+    for replica in &mut fleet.replicas {
+        replica.assert_healthy();
+    }
+}
+
+/// A replica dies (SIGKILL) holding a claim: the device's retry on another replica gets
+/// PENDING until the lease lapses, then SUCCESS, and only one certificate exists.
+#[test]
+fn a_claim_held_by_a_killed_replica_lapses_and_the_retry_completes() {
+    let mut fleet = Fleet::start(3);
+    let device = Device::new("orphaned-device");
+    // Replica 2 claims the transaction (as its store call would), then dies mid-request.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = RedisStore::connect(RedisSettings {
+            url: fleet.redis.url(),
+            tls_ca_pem: None,
+            key_prefix: "scep:".into(),
+            command_timeout: Duration::from_secs(2),
+            ttl: Duration::from_secs(60),
+        })
+        .unwrap();
+        let claim = store
+            .claim(&device.transaction_key(), Duration::from_secs(LEASE_SECS))
+            .await
+            .unwrap();
+        assert_eq!(claim, Claim::Won);
+    });
+    let claimed_at = Instant::now();
+    fleet.replicas[2].kill();
+
+    let (spec, message) = device.pkcsreq(&fleet.ra);
+    let first = device.exchange(fleet.addr(0), &spec, &message);
+    assert_eq!(first.status, PkiStatus::Pending);
+
+    // The client retries, on whichever replica the load balancer picks.
+    let mut attempt = 0;
+    let reply = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        attempt += 1;
+        let (spec, message) = device.pkcsreq(&fleet.ra);
+        let reply = device.exchange(fleet.addr(attempt % 2), &spec, &message);
+        match reply.status {
+            PkiStatus::Pending => {
+                assert!(
+                    claimed_at.elapsed() < Duration::from_secs(LEASE_SECS + 10),
+                    "still PENDING long after the lease"
+                );
+            }
+            PkiStatus::Success => break reply,
+            other => panic!("{other:?}: {:?}", reply.fail_info_text),
+        }
+    };
+    assert!(
+        claimed_at.elapsed() >= Duration::from_secs(LEASE_SECS) - Duration::from_millis(500),
+        "the claim was overridden before its lease ran out"
+    );
+    let (serial, cert) = issued(&reply);
+    let issuer = CertificateFields::parse(&cert).unwrap().issuer.to_vec();
+    for i in 0..2 {
+        let (spec, message) = device.pkcsreq(&fleet.ra);
+        let again = device.exchange(fleet.addr(i), &spec, &message);
+        assert_eq!(again.status, PkiStatus::Success);
+        assert_eq!(issued(&again).0, serial, "a second certificate");
+        let (spec, message) = device.certpoll(&fleet.ra, &issuer);
+        let polled = device.exchange(fleet.addr(i), &spec, &message);
+        assert_eq!(issued(&polled).0, serial);
+    }
+    fleet.replicas[0].assert_healthy();
+    fleet.replicas[1].assert_healthy();
+}
+
+fn wait_ready(addr: SocketAddr, want: u16, within: Duration) -> common::Response {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = get(addr, "/readyz");
+        if response.status == want {
+            return response;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {} ({})",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Redis stops mid-run: readiness 503, PKIOperation answers promptly with 503 and the
+/// processes live on; Redis starts again on the same port: ready, enrollments work, no
+/// gateway restart.
+#[test]
+fn a_redis_outage_makes_replicas_unready_and_they_recover_without_restart() {
+    let mut fleet = Fleet::start(2);
+    let ready = wait_ready(fleet.addr(0), 200, Duration::from_secs(5));
+    assert_eq!(ready.body, br#"{"ready":true}"#);
+    assert_eq!(ready.header("content-type"), Some("application/json"));
+    let before = Device::new("before-outage");
+    let (spec, message) = before.pkcsreq(&fleet.ra);
+    assert_eq!(
+        before.exchange(fleet.addr(0), &spec, &message).status,
+        PkiStatus::Success
+    );
+
+    fleet.redis.stop();
+    for i in 0..2 {
+        let unready = wait_ready(fleet.addr(i), 503, Duration::from_secs(5));
+        let body = String::from_utf8_lossy(&unready.body).into_owned();
+        assert!(
+            body.starts_with(r#"{"ready":false,"store":""#) && body.contains("redis"),
+            "{body}"
+        );
+    }
+    let during = Device::new("during-outage");
+    for i in 0..2 {
+        let (_, message) = during.pkcsreq(&fleet.ra);
+        let started = Instant::now();
+        let response = post(fleet.addr(i), "/scep?operation=PKIOperation", &message);
+        assert_eq!(
+            response.status,
+            503,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        // What needs no store still works.
+        assert_eq!(get(fleet.addr(i), "/scep?operation=GetCACaps").status, 200);
+        fleet.replicas[i].assert_healthy();
+    }
+
+    fleet.redis.restart();
+    for i in 0..2 {
+        wait_ready(fleet.addr(i), 200, Duration::from_secs(10));
+        let (spec, message) = during.pkcsreq(&fleet.ra);
+        let reply = during.exchange(fleet.addr(i), &spec, &message);
+        assert_eq!(
+            reply.status,
+            PkiStatus::Success,
+            "{:?}",
+            reply.fail_info_text
+        );
+        fleet.replicas[i].assert_healthy();
+    }
+}

@@ -1,0 +1,265 @@
+//! One contract, two stores: every body here runs against the in-process `MemoryStore`
+//! and against `RedisStore` on a real `redis-server`, so that a replica fleet behaves
+//! exactly like one node. Plus the outage behaviour only Redis has.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use scep_gateway::error::Error;
+use scep_gateway::scep::message::TransactionId;
+use scep_gateway::store::memory::MemoryStore;
+use scep_gateway::store::redis::{RedisSettings, RedisStore};
+use scep_gateway::store::{Claim, Record, Store, TransactionKey};
+
+const LEASE: Duration = Duration::from_secs(5);
+
+fn key(id: &str, spki: &[u8]) -> TransactionKey {
+    TransactionKey::new(TransactionId::new(id.into()).unwrap(), spki, None)
+}
+
+fn redis_store(server: &RedisServer, timeout: Duration) -> RedisStore {
+    RedisStore::connect(RedisSettings {
+        url: server.url(),
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: timeout,
+        ttl: Duration::from_secs(60),
+    })
+    .unwrap()
+}
+
+/// Generates `memory` and `redis` tests running `$body(store)`.
+macro_rules! both_stores {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let store: Arc<dyn Store> =
+                    Arc::new(MemoryStore::new(Duration::from_secs(60), 10_000));
+                super::$name(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                let server = RedisServer::start();
+                let store: Arc<dyn Store> = Arc::new(redis_store(&server, Duration::from_secs(2)));
+                super::$name(store).await;
+            }
+        }
+    };
+}
+
+both_stores!(a_claim_is_won_once_then_replayed);
+async fn a_claim_is_won_once_then_replayed(store: Arc<dyn Store>) {
+    let k = key("t1", b"key-a");
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    assert_eq!(
+        store.claim(&k, LEASE).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    assert_eq!(store.get(&k).await.unwrap(), Some(Record::InProgress));
+    let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
+    store
+        .issued(&k, b"issuer", &[1, 2], cert.clone())
+        .await
+        .unwrap();
+    let issued = Record::Issued { certificate: cert };
+    assert_eq!(
+        store.claim(&k, LEASE).await.unwrap(),
+        Claim::Existing(issued.clone())
+    );
+    assert_eq!(store.get(&k).await.unwrap(), Some(issued));
+}
+
+both_stores!(another_key_with_the_same_transaction_id_is_a_conflict);
+async fn another_key_with_the_same_transaction_id_is_a_conflict(store: Arc<dyn Store>) {
+    let k = key("t2", b"key-a");
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    let other = key("t2", b"key-b");
+    assert_eq!(store.claim(&other, LEASE).await.unwrap(), Claim::Conflict);
+    // The other key reads nothing and releases nothing.
+    assert_eq!(store.get(&other).await.unwrap(), None);
+    store.release(&other).await.unwrap();
+    assert_eq!(
+        store.claim(&k, LEASE).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    store.finish(&k, Record::Pending).await.unwrap();
+    assert_eq!(store.claim(&other, LEASE).await.unwrap(), Claim::Conflict);
+    // A renewal with the same key and transactionID is a transaction of its own.
+    let renewal = TransactionKey::new(k.id.clone(), b"key-a", Some(b"old cert"));
+    assert_eq!(store.claim(&renewal, LEASE).await.unwrap(), Claim::Won);
+}
+
+both_stores!(a_pending_record_answers_pending);
+async fn a_pending_record_answers_pending(store: Arc<dyn Store>) {
+    let k = key("t3", b"key-a");
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    store.finish(&k, Record::Pending).await.unwrap();
+    assert_eq!(
+        store.claim(&k, LEASE).await.unwrap(),
+        Claim::Existing(Record::Pending)
+    );
+    assert_eq!(store.get(&k).await.unwrap(), Some(Record::Pending));
+    // Release only drops an InProgress claim, never a recorded outcome.
+    store.release(&k).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), Some(Record::Pending));
+}
+
+both_stores!(a_released_claim_can_be_won_again);
+async fn a_released_claim_can_be_won_again(store: Arc<dyn Store>) {
+    let k = key("t4", b"key-a");
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    store.release(&k).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), None);
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+}
+
+both_stores!(a_lapsed_lease_can_be_won_again);
+async fn a_lapsed_lease_can_be_won_again(store: Arc<dyn Store>) {
+    let k = key("t5", b"key-a");
+    let short = Duration::from_millis(200);
+    assert_eq!(store.claim(&k, short).await.unwrap(), Claim::Won);
+    assert_eq!(
+        store.claim(&k, short).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The replica that held it is presumed dead: the retry proceeds.
+    assert_eq!(store.get(&k).await.unwrap(), None);
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+}
+
+both_stores!(certificates_are_found_by_issuer_and_serial);
+async fn certificates_are_found_by_issuer_and_serial(store: Arc<dyn Store>) {
+    let cert: Arc<[u8]> = Arc::from(&b"c1"[..]);
+    store
+        .put_certificate(b"issuer", &[1, 2], cert.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.certificate(b"issuer", &[1, 2]).await.unwrap(),
+        Some(cert)
+    );
+    assert_eq!(store.certificate(b"issuer", &[1, 3]).await.unwrap(), None);
+    assert_eq!(store.certificate(b"other", &[1, 2]).await.unwrap(), None);
+    let k = key("t6", b"key-a");
+    store.claim(&k, LEASE).await.unwrap();
+    store
+        .issued(&k, b"issuer", &[9], Arc::from(&b"c9"[..]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.certificate(b"issuer", &[9]).await.unwrap().as_deref(),
+        Some(&b"c9"[..])
+    );
+    store.health().await.unwrap();
+}
+
+both_stores!(fifty_concurrent_claims_have_one_winner);
+async fn fifty_concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
+    for round in 0..3 {
+        let k = Arc::new(key(&format!("race-{round}"), b"key-a"));
+        let start = Arc::new(tokio::sync::Barrier::new(50));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (store, k, start) = (store.clone(), k.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store.claim(&k, LEASE).await.unwrap()
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Claim::Won => won += 1,
+                Claim::Existing(Record::InProgress) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+}
+
+/// Redis down: every call fails within the timeout with `Unavailable` (HTTP 503), never
+/// hangs; Redis back on the same port: the same store works again, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_is_unavailable_within_the_timeout_then_recovers() {
+    let mut server = RedisServer::start();
+    let timeout = Duration::from_millis(500);
+    let store = redis_store(&server, timeout);
+    let k = key("outage", b"key-a");
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+
+    server.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let claimed = store.claim(&key("outage-2", b"k"), LEASE).await;
+        assert!(matches!(claimed, Err(Error::Unavailable(_))), "{claimed:?}");
+        assert!(
+            started.elapsed() < timeout * 2,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(store.health().await.is_err());
+    }
+    let message = store.health().await.unwrap_err().to_string();
+    assert!(message.contains("redis"), "{message}");
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the store did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The restarted Redis is empty (no persistence): the claim is new.
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+}
+
+/// Managed-Redis style: `rediss://` with a private CA (`tls_ca_pem`) and AUTH. The same
+/// contract body runs over it; a wrong password is Unavailable, and not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_password() {
+    let server = RedisServer::start_tls("s3cret-pw");
+    let (tls_port, ca_pem) = server.tls.clone().unwrap();
+    let connect = |password: &str| {
+        RedisStore::connect(RedisSettings {
+            url: format!("rediss://default:{password}@127.0.0.1:{tls_port}/0"),
+            tls_ca_pem: Some(ca_pem.clone()),
+            key_prefix: "tls:".into(),
+            command_timeout: Duration::from_secs(2),
+            ttl: Duration::from_secs(60),
+        })
+        .unwrap()
+    };
+    let store: Arc<dyn Store> = Arc::new(connect("s3cret-pw"));
+    store.health().await.unwrap();
+    a_claim_is_won_once_then_replayed(store).await;
+
+    let wrong = connect("not-it");
+    let error = wrong.health().await.unwrap_err();
+    assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert!(!error.to_string().contains("not-it"), "{error}");
+}
+
+/// A password in the URL never appears in the store's Debug output or its errors.
+#[tokio::test]
+async fn the_redis_password_is_never_shown() {
+    let store = RedisStore::connect(RedisSettings {
+        url: "redis://default:hunter2@127.0.0.1:1/0".into(),
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: Duration::from_millis(200),
+        ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    let error = store.health().await.unwrap_err().to_string();
+    assert!(!error.contains("hunter2"), "{error}");
+    assert!(!format!("{store:?}").contains("hunter2"));
+}
