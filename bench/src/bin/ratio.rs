@@ -12,6 +12,8 @@
 //! ```text
 //! cargo run --release -p scep-bench --bin ratio -- [--n 2000] [--batch 50] [--variant all|rsa2048|ra-rsa3072|ca-p256]
 //! ```
+//! `--profile K` runs only K end-to-end enrollments (cycling through the N messages)
+//! after the setup, for a profiler to look at (`perf record`, `valgrind --tool=callgrind`).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ struct Options {
     n: usize,
     batch: usize,
     variants: Vec<Variant>,
+    profile: Option<usize>,
 }
 
 fn options() -> Result<Options> {
@@ -29,6 +32,7 @@ fn options() -> Result<Options> {
         n: 2000,
         batch: 50,
         variants: Variant::ALL.to_vec(),
+        profile: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -36,6 +40,7 @@ fn options() -> Result<Options> {
         match flag.as_str() {
             "--n" => options.n = value()?.parse()?,
             "--batch" => options.batch = value()?.parse()?,
+            "--profile" => options.profile = Some(value()?.parse()?),
             "--variant" => {
                 let v = value()?;
                 options.variants = if v == "all" {
@@ -129,6 +134,18 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
     // Every enrollment measured must be a working one: check one reply of each kind.
     let reply = scep_bench::enroll(pki, &rt, &e2e_msgs[0].bytes)?;
     scep_bench::check_reply(requesters, &e2e_msgs[0], &reply)?;
+    if let Some(k) = o.profile {
+        let start = Instant::now();
+        for i in 0..k {
+            scep_bench::enroll(pki, &rt, &e2e_msgs[i % o.n].bytes)?;
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / k.max(1) as f64;
+        println!(
+            "profile {}: {k} enrollments, {us:.1} µs each",
+            pki.variant.name()
+        );
+        return Ok(());
+    }
     let pipeline = |i: usize| -> Result<()> {
         let (reply, summary) = rt.block_on(scep_gateway::enroll::pki_operation(
             gateway.clone(),
