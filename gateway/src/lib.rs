@@ -15,6 +15,7 @@
 
 pub mod ca;
 pub mod challenge;
+pub mod cli;
 pub mod cms;
 pub mod config;
 pub mod csr;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod http;
 pub mod init;
 pub mod ra;
+pub mod readiness;
 pub mod scep;
 pub mod service;
 pub mod store;

@@ -84,7 +84,16 @@ async fn route(
     let path = request.uri().path();
     match path {
         "/healthz" => return (plain(StatusCode::OK, "ok\n"), None),
-        "/readyz" => return (plain(StatusCode::OK, "ready\n"), None),
+        "/readyz" => {
+            let answer = gateway.readiness.check().await;
+            let status = if answer.is_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = Bytes::from(crate::readiness::Readiness::body(&answer));
+            return (with_type(status, "application/json", body), None);
+        }
         _ if !SCEP_PATHS.contains(&path) => {
             return (plain(StatusCode::NOT_FOUND, "not found\n"), None)
         }

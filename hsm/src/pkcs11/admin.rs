@@ -158,7 +158,7 @@ pub fn keygen(
                 P384_PARAMS
             };
             public.push(Attribute::EcParams(params.to_vec()));
-            private.push(Attribute::Derive(false));
+            private.extend([Attribute::Derive(false), Attribute::Decrypt(false)]);
             Mechanism::EccKeyPairGen
         }
     };

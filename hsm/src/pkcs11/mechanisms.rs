@@ -13,10 +13,31 @@
 use aws_lc_rs::digest;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::slot::Slot;
 use der::asn1::UintRef;
 use der::Encode;
 
 use crate::{DecryptPadding, KeyAlgorithm, KeyError, SignatureAlgorithm};
+
+/// The mechanisms this crate may use that the token offers (C_GetMechanismList,
+/// PKCS#11 3.0 §5.5; C_GetMechanismInfo is not a substitute: SoftHSM2 answers it even
+/// for mechanisms its configuration disabled). cryptoki logs an error for each vendor
+/// mechanism it does not know; the gateway silences that log target.
+pub(crate) fn offered(
+    context: &cryptoki::context::Pkcs11,
+    slot: Slot,
+) -> Result<Vec<MechanismType>, cryptoki::error::Error> {
+    const USED: [MechanismType; 6] = [
+        MechanismType::RSA_PKCS,
+        MechanismType::RSA_PKCS_OAEP,
+        MechanismType::SHA256_RSA_PKCS,
+        MechanismType::SHA384_RSA_PKCS,
+        MechanismType::SHA512_RSA_PKCS,
+        MechanismType::ECDSA,
+    ];
+    let list = context.get_mechanism_list(slot)?;
+    Ok(USED.into_iter().filter(|m| list.contains(m)).collect())
+}
 
 /// What a key will be used for; decides which mechanisms must be present at open time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

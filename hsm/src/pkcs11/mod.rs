@@ -92,9 +92,7 @@ impl Pkcs11Key {
         let key_id = config.key_id_bytes()?;
         let _calls = module.enter();
         let epoch = module.epoch();
-        let offered = module
-            .context()
-            .get_mechanism_list(token.slot()?)
+        let offered = mechanisms::offered(module.context(), token.slot()?)
             .map_err(|e| Pkcs11Error::device("listing the token's mechanisms", e))?;
         let lease = token.pool.get(&token).map_err(|e| e.into_error(&token))?;
         let key_name = || match (&config.key_label, &config.key_id) {
@@ -174,7 +172,7 @@ impl Pkcs11Key {
         *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }
 
-    /// The mechanisms the token offers.
+    /// The mechanisms of interest that the token offers.
     pub fn mechanisms(&self) -> &[MechanismType] {
         &self.offered
     }
