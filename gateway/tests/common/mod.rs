@@ -27,9 +27,44 @@ pub fn require_tool(name: &str) -> PathBuf {
     panic!("`{name}` is not installed: run scripts/test-all, which installs every tool the tests drive");
 }
 
+/// Where the gateway's CA and RA keys live.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PKCS#8 files, made by `init`.
+    #[default]
+    Software,
+    /// A SoftHSM2 token made for this gateway (its own SOFTHSM2_CONF and token folder),
+    /// keys generated in it by `init --pkcs11-...`.
+    SoftHsm,
+}
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const SOFTHSM_TOKEN: &str = "scep-e2e";
+pub const SOFTHSM_PIN: &str = "2468";
+pub const SOFTHSM_PIN_ENV: &str = "SCEP_E2E_HSM_PIN";
+
+/// Runs one test body once per backend: `backends!(name);` makes the tests
+/// `name::software` and `name::softhsm`, each calling `name(Backend::...)`.
+#[macro_export]
+macro_rules! backends {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn software() {
+                super::$body($crate::common::Backend::Software)
+            }
+            #[test]
+            fn softhsm() {
+                super::$body($crate::common::Backend::SoftHsm)
+            }
+        }
+    };
+}
+
 /// Options for a gateway under test.
 #[derive(Default, Clone)]
 pub struct Options {
+    pub backend: Backend,
     pub legacy_des: bool,
     /// Lines appended to gateway.toml (later keys of a table must not repeat earlier ones).
     pub extra_config: Vec<(String, String)>,
@@ -41,18 +76,30 @@ pub struct Gateway {
     pub addr: SocketAddr,
     child: Child,
     log: PathBuf,
+    /// The environment the gateway runs with (SoftHSM2 config, PIN).
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
     pub fn start(options: Options) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
+        let env = match options.backend {
+            Backend::Software => Vec::new(),
+            Backend::SoftHsm => softhsm_token(dir.path()),
+        };
         let mut init = Command::new(env!("CARGO_BIN_EXE_scep-gateway"));
         init.args(["init", "--dir"])
             .arg(&pki)
-            .args(["--challenge", CHALLENGE]);
+            .args(["--challenge", CHALLENGE])
+            .envs(env.iter().map(|(k, v)| (k, v)));
         if options.legacy_des {
             init.arg("--legacy-des");
+        }
+        if options.backend == Backend::SoftHsm {
+            init.args(["--pkcs11-module", SOFTHSM_MODULE])
+                .args(["--pkcs11-token-label", SOFTHSM_TOKEN])
+                .args(["--pkcs11-pin-env", SOFTHSM_PIN_ENV]);
         }
         let out = init.output().unwrap();
         assert!(
@@ -61,20 +108,34 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         let config = pki.join("gateway.toml");
+        if options.backend == Backend::SoftHsm {
+            let text = std::fs::read_to_string(&config).unwrap();
+            assert!(
+                text.contains("pkcs11 = {"),
+                "init did not put the keys in the token:\n{text}"
+            );
+            assert!(!pki.join("ra.key.pem").exists() && !pki.join("ca.key.pem").exists());
+        }
         for (key, replacement) in &options.extra_config {
             let text = std::fs::read_to_string(&config).unwrap();
             let edited = set_config(&text, key, replacement);
             std::fs::write(&config, edited).unwrap();
         }
-        Self::serve(dir, &config)
+        Self::serve(dir, &config, env)
     }
 
-    fn serve(dir: tempfile::TempDir, config: &Path) -> Gateway {
+    /// The SoftHSM2 token folder (for fault tests).
+    pub fn softhsm_tokens(&self) -> PathBuf {
+        self.dir.path().join("softhsm").join("tokens")
+    }
+
+    fn serve(dir: tempfile::TempDir, config: &Path, env: Vec<(String, String)>) -> Gateway {
         let log = dir.path().join("gateway.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_scep-gateway"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .env("SCEP_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -109,6 +170,7 @@ impl Gateway {
             addr,
             child,
             log,
+            env,
         }
     }
 
@@ -146,6 +208,43 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Makes a SoftHSM2 token store in `dir/softhsm` with one token, and returns the
+/// environment the gateway needs for it. A missing SoftHSM2 fails the test.
+fn softhsm_token(dir: &Path) -> Vec<(String, String)> {
+    let util = require_tool("softhsm2-util");
+    assert!(
+        Path::new(SOFTHSM_MODULE).is_file(),
+        "{SOFTHSM_MODULE} is missing: run scripts/test-all (apt-get install softhsm2)"
+    );
+    let root = dir.join("softhsm");
+    let tokens = root.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(util)
+        .args(["--init-token", "--free", "--label", SOFTHSM_TOKEN])
+        .args(["--so-pin", "12345678", "--pin", SOFTHSM_PIN])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "softhsm2-util: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vec![
+        ("SOFTHSM2_CONF".into(), conf.display().to_string()),
+        (SOFTHSM_PIN_ENV.into(), SOFTHSM_PIN.into()),
+    ]
 }
 
 /// Replaces `key = ...` in the TOML text (the first occurrence), or appends the line.
