@@ -321,6 +321,8 @@ pub fn gateway(pki: &Pki) -> Result<Arc<Gateway>> {
         capabilities: String::new(),
         next_ca_cert: None,
         claim_lease: Duration::from_secs(30),
+        keys: vec![("ra.key", pki.ra.signer.key.clone())],
+        readiness: Default::default(),
     }))
 }
 

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use scep_hsm::Pkcs11KeyConfig;
 use serde::Deserialize;
 
 use crate::ca::embedded::EmbeddedCaConfig;
@@ -106,12 +107,12 @@ pub struct TlsConfig {
 pub struct RaConfig {
     /// PEM or DER certificate of the RA signing key (digitalSignature).
     pub certificate: PathBuf,
-    /// Its PKCS#8 private key file.
-    pub key: PathBuf,
+    /// Its private key: a PKCS#8 file, or `{ pkcs11 = { ... } }`.
+    pub key: KeyRef,
     /// A separate encryption RA certificate (keyEncipherment) and key; when absent the
     /// signing RA also decrypts.
     pub encryption_certificate: Option<PathBuf>,
-    pub encryption_key: Option<PathBuf>,
+    pub encryption_key: Option<KeyRef>,
 }
 
 /// `[ca]`: the embedded CA's certificate and key.
@@ -119,11 +120,82 @@ pub struct RaConfig {
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     pub certificate: PathBuf,
-    pub key: PathBuf,
+    /// The CA's private key: a PKCS#8 file, or `{ pkcs11 = { ... } }`.
+    pub key: KeyRef,
     /// Certificates above the CA (intermediates, then the root), PEM files, served after
     /// the CA certificate in GetCACert.
     #[serde(default)]
     pub chain: Vec<PathBuf>,
+}
+
+/// Where a private key lives: a PKCS#8 file (a path string, as before), or a key in a
+/// PKCS#11 token (a table `{ pkcs11 = { module = "...", token_label = "...",
+/// key_label = "...", pin_env = "..." } }`). Switching is an edit of this one setting:
+/// the protocol code only sees `scep_hsm::Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    File(PathBuf),
+    Pkcs11 { pkcs11: Pkcs11KeyConfig },
+}
+
+impl<'de> Deserialize<'de> for KeyRef {
+    /// By hand rather than `#[serde(untagged)]`, so that a typo inside the `pkcs11`
+    /// table is reported with its name instead of "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = KeyRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key file path or a table { pkcs11 = { ... } }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyRef, E> {
+                Ok(KeyRef::File(PathBuf::from(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<KeyRef, A::Error> {
+                let mut pkcs11 = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "pkcs11" || pkcs11.is_some() {
+                        return Err(serde::de::Error::unknown_field(&key, &["pkcs11"]));
+                    }
+                    pkcs11 = Some(map.next_value::<Pkcs11KeyConfig>()?);
+                }
+                pkcs11
+                    .map(|pkcs11| KeyRef::Pkcs11 { pkcs11 })
+                    .ok_or_else(|| serde::de::Error::missing_field("pkcs11"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl KeyRef {
+    /// Relative key files and PIN files are relative to the config file.
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        match self {
+            KeyRef::File(p) => fix(p),
+            KeyRef::Pkcs11 { pkcs11 } => {
+                if let Some(p) = pkcs11.pin_file.as_mut() {
+                    fix(p)
+                }
+            }
+        }
+    }
+
+    /// A name for messages: the file, or the token and key.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyRef::File(p) => p.display().to_string(),
+            KeyRef::Pkcs11 { pkcs11 } => pkcs11.describe(),
+        }
+    }
 }
 
 /// `[crypto]`: the legacy switches. Both are off by default, and every use is logged
@@ -284,11 +356,13 @@ impl FileConfig {
             }
         };
         fix(&mut self.ra.certificate);
-        fix(&mut self.ra.key);
+        self.ra.key.resolve(base);
         self.ra.encryption_certificate.as_mut().map(fix);
-        self.ra.encryption_key.as_mut().map(fix);
+        if let Some(k) = self.ra.encryption_key.as_mut() {
+            k.resolve(base);
+        }
         fix(&mut self.ca.certificate);
-        fix(&mut self.ca.key);
+        self.ca.key.resolve(base);
         self.ca.chain.iter_mut().for_each(fix);
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.certificate);
@@ -337,6 +411,18 @@ impl FileConfig {
                     "challenge.password_file",
                     "a static challenge needs exactly one of password_file or password_env",
                 );
+            }
+        }
+        for (setting, key) in [
+            ("ra.key", Some(&self.ra.key)),
+            ("ra.encryption_key", self.ra.encryption_key.as_ref()),
+            ("ca.key", Some(&self.ca.key)),
+        ] {
+            if let Some(KeyRef::Pkcs11 { pkcs11 }) = key {
+                pkcs11.check().map_err(|e| ConfigError::Invalid {
+                    setting,
+                    reason: e.to_string(),
+                })?;
             }
         }
         if let Some(next) = &self.next {
@@ -420,6 +506,8 @@ shutdown_grace_secs = 20
 # The RA certificate devices encrypt to and whose key signs every reply.
 certificate = "ra.pem"
 key = "ra.key.pem"
+# or a key in a PKCS#11 token (HSM); the PIN comes from an environment variable or a file:
+# key = {{ pkcs11 = {{ module = "/usr/lib/softhsm/libsofthsm2.so", token_label = "scep", key_label = "scep-ra", pin_env = "SCEP_HSM_PIN" }} }}
 # A separate encryption RA (keyEncipherment), if wanted:
 # encryption_certificate = "ra-enc.pem"
 # encryption_key = "ra-enc.key.pem"
@@ -535,6 +623,35 @@ mod tests {
             c.store.claim_lease(&c.server),
             std::time::Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn keys_are_files_or_pkcs11_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = example("c.txt").replace(
+            "key = \"ca.key.pem\"",
+            "key = { pkcs11 = { module = \"/m.so\", token_label = \"t\", key_label = \"ca\", pin_file = \"pin.txt\" } }",
+        );
+        let c = FileConfig::load(&write(dir.path(), &text)).unwrap();
+        assert_eq!(c.ra.key, KeyRef::File(dir.path().join("ra.key.pem")));
+        let KeyRef::Pkcs11 { pkcs11 } = &c.ca.key else {
+            panic!("{:?}", c.ca.key)
+        };
+        assert_eq!(pkcs11.key_label.as_deref(), Some("ca"));
+        assert_eq!(pkcs11.pin_file, Some(dir.path().join("pin.txt")));
+
+        // A typo inside the table is named.
+        let typo = text.replace("key_label", "key_lable");
+        let err = FileConfig::load(&write(dir.path(), &typo))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key_lable"), "{err}");
+        // So is a missing PIN source.
+        let nopin = text.replace(", pin_file = \"pin.txt\"", "");
+        let err = FileConfig::load(&write(dir.path(), &nopin))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca.key") && err.contains("pin_env"), "{err}");
     }
 
     #[test]

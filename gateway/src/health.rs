@@ -55,16 +55,38 @@ impl Report {
     }
 }
 
-/// Runs every named check. A new dependency (an HSM, an upstream CA) adds one entry.
+/// Runs every named check. A new dependency (an upstream CA) adds one entry.
 async fn checks(gateway: &Gateway) -> Vec<Check> {
-    vec![Check {
-        name: "store",
-        result: gateway
-            .store
-            .health()
-            .await
-            .map_err(|e| short(&e.to_string())),
-    }]
+    vec![
+        Check {
+            name: "store",
+            result: gateway
+                .store
+                .health()
+                .await
+                .map_err(|e| short(&e.to_string())),
+        },
+        Check {
+            name: "hsm",
+            result: keys_health(gateway).await,
+        },
+    ]
+}
+
+/// Every RA and CA key's [`scep_hsm::Key::health`]: a cheap round trip to the token for
+/// PKCS#11 keys (always fine for software keys). It may block, so it runs on the
+/// blocking pool, never on a reactor thread.
+async fn keys_health(gateway: &Gateway) -> Result<(), String> {
+    let keys = gateway.keys.clone();
+    tokio::task::spawn_blocking(move || {
+        for (setting, key) in &keys {
+            key.health()
+                .map_err(|e| short(&format!("{setting}: {e}")))?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("health check task failed: {e}")))
 }
 
 /// The cached readiness of one gateway.

@@ -81,33 +81,69 @@ pub fn create_dev_pki(dir: &Path) -> Result<DevPki, InitError> {
         }
     }
 
-    let now = SystemTime::now();
     let ca_key = Arc::new(SoftwareKey::generate_rsa(CA_COMMON_NAME.into(), 2048)?);
-    let ca_cert = root_certificate(ca_key.clone(), now)?;
     let ra_key = Arc::new(SoftwareKey::generate_rsa(RA_COMMON_NAME.into(), 2048)?);
-    let ra_cert = ra_certificate(ca_key.clone(), &ca_cert, ra_key.public_key_info(), now)?;
+    let (ca_cert, ra_cert) = dev_certificates(ca_key.clone(), ra_key.clone())?;
 
     std::fs::create_dir_all(dir).map_err(|source| InitError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     write_new(&pki.ca_key, ca_key.to_pkcs8_pem().as_bytes(), true)?;
-    write_new(
-        &pki.ca_certificate,
-        certificate_pem(&ca_cert).as_bytes(),
-        false,
-    )?;
     write_new(&pki.ra_key, ra_key.to_pkcs8_pem().as_bytes(), true)?;
-    write_new(
-        &pki.ra_certificate,
-        certificate_pem(&ra_cert).as_bytes(),
-        false,
-    )?;
-
+    let certificates = write_certificates(dir, &ca_cert, &ra_cert)?;
     Ok(DevPki {
-        ca_fingerprint_sha256: x509::sha256_fingerprint(&ca_cert),
+        ca_fingerprint_sha256: certificates.ca_fingerprint_sha256,
         ..pki
     })
+}
+
+/// The two certificates of the development PKI, for keys made elsewhere (in this process
+/// or in a token): a root signed by `ca_key` and an RA certificate for `ra_key`.
+pub fn dev_certificates(
+    ca_key: Arc<dyn Key>,
+    ra_key: Arc<dyn Key>,
+) -> Result<(Vec<u8>, Vec<u8>), InitError> {
+    let now = SystemTime::now();
+    let ca_cert = root_certificate(ca_key.clone(), now)?;
+    let ra_cert = ra_certificate(ca_key, &ca_cert, ra_key.public_key_info(), now)?;
+    Ok((ca_cert, ra_cert))
+}
+
+/// What [`write_certificates`] wrote.
+#[derive(Debug, Clone)]
+pub struct DevCertificates {
+    pub ca_certificate: PathBuf,
+    pub ra_certificate: PathBuf,
+    pub ca_fingerprint_sha256: String,
+}
+
+/// Writes `ca.pem` and `ra.pem` into `dir` (created if missing; neither may exist).
+pub fn write_certificates(
+    dir: &Path,
+    ca_cert: &[u8],
+    ra_cert: &[u8],
+) -> Result<DevCertificates, InitError> {
+    std::fs::create_dir_all(dir).map_err(|source| InitError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let out = DevCertificates {
+        ca_certificate: dir.join("ca.pem"),
+        ra_certificate: dir.join("ra.pem"),
+        ca_fingerprint_sha256: x509::sha256_fingerprint(ca_cert),
+    };
+    write_new(
+        &out.ca_certificate,
+        certificate_pem(ca_cert).as_bytes(),
+        false,
+    )?;
+    write_new(
+        &out.ra_certificate,
+        certificate_pem(ra_cert).as_bytes(),
+        false,
+    )?;
+    Ok(out)
 }
 
 /// The self-signed root (RFC 5280 §4.1.2.4: issuer = subject).
@@ -216,9 +252,96 @@ pub struct Created {
     pub ca_fingerprint: String,
 }
 
+/// Where `init --pkcs11-...` puts the CA and RA keys.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Init {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin_env: Option<String>,
+    pub pin_file: Option<PathBuf>,
+}
+
+/// Labels and ids of the keys `init --pkcs11-...` generates.
+pub const PKCS11_CA_LABEL: &str = "scep-gateway-ca";
+pub const PKCS11_RA_LABEL: &str = "scep-gateway-ra";
+
+impl Pkcs11Init {
+    fn key_config(&self, label: &str, id: &str) -> scep_hsm::Pkcs11KeyConfig {
+        scep_hsm::Pkcs11KeyConfig {
+            module: self.module.clone(),
+            token_label: Some(self.token_label.clone()),
+            token_serial: None,
+            slot: None,
+            key_label: Some(label.into()),
+            key_id: Some(id.into()),
+            pin_env: self.pin_env.clone(),
+            pin_file: self.pin_file.clone(),
+            sessions: None,
+        }
+    }
+
+    /// Generates the CA and RA keys in the token (RSA-2048, non-extractable) with the
+    /// project's keygen and opens them.
+    fn generate(&self) -> Result<GeneratedKeys, String> {
+        use scep_hsm::pkcs11::admin::{keygen, KeySpec, TokenAccess};
+        use scep_hsm::pkcs11::{module::TokenSelector, read_pin, Pkcs11Key, Purpose};
+        let access = TokenAccess {
+            module: self.module.clone(),
+            token: TokenSelector::Label(self.token_label.clone()),
+            pin: read_pin(self.pin_env.as_deref(), self.pin_file.as_ref())
+                .map_err(|e| e.to_string())?,
+        };
+        let mut out = Vec::new();
+        for (label, id, purpose) in [
+            (PKCS11_CA_LABEL, "01", Purpose::SIGN),
+            (PKCS11_RA_LABEL, "02", Purpose::BOTH),
+        ] {
+            let id_bytes = hex::decode(id).unwrap_or_default();
+            keygen(&access, label, &id_bytes, KeySpec::Rsa(2048)).map_err(|e| e.to_string())?;
+            let config = self.key_config(label, id);
+            let key = Pkcs11Key::open(&config, purpose).map_err(|e| e.to_string())?;
+            out.push((Arc::new(key) as Arc<dyn Key>, toml_key(&config)));
+        }
+        let (ra, ra_toml) = out.pop().unwrap_or_else(|| unreachable!("two keys"));
+        let (ca, ca_toml) = out.pop().unwrap_or_else(|| unreachable!("two keys"));
+        Ok((ca, ra, ca_toml, ra_toml))
+    }
+}
+
+/// The CA key, the RA key, and their `gateway.toml` settings.
+type GeneratedKeys = (Arc<dyn Key>, Arc<dyn Key>, String, String);
+
+/// `{ pkcs11 = { ... } }` for gateway.toml, every string TOML-quoted.
+fn toml_key(c: &scep_hsm::Pkcs11KeyConfig) -> String {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut fields = vec![format!("module = {}", q(&c.module.display().to_string()))];
+    if let Some(t) = &c.token_label {
+        fields.push(format!("token_label = {}", q(t)));
+    }
+    if let Some(l) = &c.key_label {
+        fields.push(format!("key_label = {}", q(l)));
+    }
+    if let Some(id) = &c.key_id {
+        fields.push(format!("key_id = {}", q(id)));
+    }
+    if let Some(e) = &c.pin_env {
+        fields.push(format!("pin_env = {}", q(e)));
+    }
+    if let Some(f) = &c.pin_file {
+        fields.push(format!("pin_file = {}", q(&f.display().to_string())));
+    }
+    format!("{{ pkcs11 = {{ {} }} }}", fields.join(", "))
+}
+
 /// `scep-gateway init`: the development PKI, a challenge file (the given password, or 24
-/// random characters) and a commented `gateway.toml` that uses them.
-pub fn init(dir: &Path, challenge: Option<String>, legacy_des: bool) -> Result<Created, String> {
+/// random characters) and a commented `gateway.toml` that uses them. With `pkcs11`, the
+/// CA and RA keys are generated in the token and the config names them there.
+pub fn init(
+    dir: &Path,
+    challenge: Option<String>,
+    legacy_des: bool,
+    pkcs11: Option<&Pkcs11Init>,
+) -> Result<Created, String> {
     let config = dir.join("gateway.toml");
     let challenge_file = dir.join("challenge.txt");
     for path in [&config, &challenge_file] {
@@ -226,7 +349,24 @@ pub fn init(dir: &Path, challenge: Option<String>, legacy_des: bool) -> Result<C
             return Err(InitError::Exists(path.clone()).to_string());
         }
     }
-    let pki = create_dev_pki(dir).map_err(|e| e.to_string())?;
+    let mut text = crate::config::example("challenge.txt");
+    let fingerprint = match pkcs11 {
+        None => {
+            create_dev_pki(dir)
+                .map_err(|e| e.to_string())?
+                .ca_fingerprint_sha256
+        }
+        Some(p) => {
+            let (ca, ra, ca_toml, ra_toml) = p.generate()?;
+            let (ca_cert, ra_cert) = dev_certificates(ca, ra).map_err(|e| e.to_string())?;
+            text = text
+                .replace("key = \"ra.key.pem\"", &format!("key = {ra_toml}"))
+                .replace("key = \"ca.key.pem\"", &format!("key = {ca_toml}"));
+            write_certificates(dir, &ca_cert, &ra_cert)
+                .map_err(|e| e.to_string())?
+                .ca_fingerprint_sha256
+        }
+    };
     let challenge = zeroize::Zeroizing::new(challenge.unwrap_or_else(random_challenge));
     write_new(
         &challenge_file,
@@ -234,7 +374,6 @@ pub fn init(dir: &Path, challenge: Option<String>, legacy_des: bool) -> Result<C
         true,
     )
     .map_err(|e| e.to_string())?;
-    let mut text = crate::config::example("challenge.txt");
     if legacy_des {
         text = text.replace("legacy_des = false", "legacy_des = true");
     }
@@ -243,7 +382,7 @@ pub fn init(dir: &Path, challenge: Option<String>, legacy_des: bool) -> Result<C
         dir: dir.to_owned(),
         config,
         challenge_file,
-        ca_fingerprint: pki.ca_fingerprint_sha256,
+        ca_fingerprint: fingerprint,
     })
 }
 

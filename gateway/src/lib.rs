@@ -15,6 +15,7 @@
 
 pub mod ca;
 pub mod challenge;
+pub mod cli;
 pub mod cms;
 pub mod config;
 pub mod csr;

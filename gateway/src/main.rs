@@ -2,8 +2,10 @@
 //!
 //! - `scep-gateway serve [--config FILE] [--listen ADDR]`: run the gateway. Without a
 //!   config it runs on the embedded default in `./scep-data` (created on first start).
-//! - `scep-gateway init --dir DIR [--challenge SECRET] [--legacy-des]`: create a
-//!   development PKI and a commented `gateway.toml`.
+//! - `scep-gateway init --dir DIR [--challenge SECRET] [--legacy-des]
+//!   [--pkcs11-module M --pkcs11-token-label T --pkcs11-pin-env VAR]`: create a
+//!   development PKI (keys in files, or in a PKCS#11 token) and a commented `gateway.toml`.
+//! - `scep-gateway hsm keygen|list|check|csr ...`: keys in a PKCS#11 token.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -59,6 +61,23 @@ enum Command {
         /// Accept DES/3DES envelopes (micromdm scepclient, old routers).
         #[arg(long)]
         legacy_des: bool,
+        /// Generate the CA and RA keys in this PKCS#11 module's token instead of files.
+        #[arg(long, requires = "pkcs11_token_label")]
+        pkcs11_module: Option<PathBuf>,
+        /// The token's label.
+        #[arg(long, requires = "pkcs11_module")]
+        pkcs11_token_label: Option<String>,
+        /// Environment variable holding the token's user PIN (also written to the config).
+        #[arg(long, conflicts_with = "pkcs11_pin_file")]
+        pkcs11_pin_env: Option<String>,
+        /// File holding the token's user PIN (also written to the config).
+        #[arg(long)]
+        pkcs11_pin_file: Option<PathBuf>,
+    },
+    /// Keys in a PKCS#11 token: keygen, list, check, csr.
+    Hsm {
+        #[command(subcommand)]
+        command: scep_gateway::cli::hsm::HsmCommand,
     },
 }
 
@@ -70,7 +89,20 @@ fn main() -> ExitCode {
             dir,
             challenge,
             legacy_des,
-        } => init::init(&dir, challenge, legacy_des).map(|created| print_init(&created)),
+            pkcs11_module,
+            pkcs11_token_label,
+            pkcs11_pin_env,
+            pkcs11_pin_file,
+        } => {
+            let pkcs11 = pkcs11_module.map(|module| init::Pkcs11Init {
+                module,
+                token_label: pkcs11_token_label.unwrap_or_default(),
+                pin_env: pkcs11_pin_env,
+                pin_file: pkcs11_pin_file,
+            });
+            init::init(&dir, challenge, legacy_des, pkcs11.as_ref()).map(|c| print_init(&c))
+        }
+        Command::Hsm { command } => scep_gateway::cli::hsm::run(command),
         Command::Serve { config, listen } => serve(config, listen),
     };
     match result {
@@ -84,7 +116,14 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SCEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // cryptoki logs an error for every vendor mechanism in a token's list that it
+        // does not know: noise, not a problem.
+        .add_directive(
+            "cryptoki::mechanism=off"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a valid directive")),
+        );
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -147,7 +186,7 @@ fn embedded_default() -> Result<PathBuf, String> {
     let dir = Path::new("scep-data");
     let config = dir.join("gateway.toml");
     if !config.exists() {
-        let created = init::init(dir, None, false)?;
+        let created = init::init(dir, None, false, None)?;
         print_init(&created);
     }
     Ok(config)

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scep_hsm::{Key, SoftwareKey};
+use scep_hsm::pkcs11::Purpose;
+use scep_hsm::{Key, Pkcs11Key, SoftwareKey};
 use x509_cert::der::Decode;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use zeroize::Zeroizing;
@@ -20,7 +21,7 @@ use crate::challenge::static_secret::StaticChallenge;
 use crate::challenge::{Challenge, NoChallenge};
 use crate::cms::signed::CertificateFields;
 use crate::config::{
-    ChallengeConfig, ConfigError, FileConfig, RenewalConfig, StoreBackend, StoreConfig,
+    ChallengeConfig, ConfigError, FileConfig, KeyRef, RenewalConfig, StoreBackend, StoreConfig,
 };
 use crate::health::Readiness;
 use crate::ra::{Credential, RaKeys};
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub next_ca_cert: Option<CaCertAnswer>,
     /// How long a claimed transaction stays claimed if this process dies mid-way.
     pub claim_lease: Duration,
+    /// Every RA and CA key by its setting name, for the readiness check.
+    pub keys: Vec<(&'static str, Arc<dyn Key>)>,
     /// `/readyz`, cached.
     pub readiness: Readiness,
 }
@@ -53,11 +56,18 @@ pub struct Gateway {
 impl Gateway {
     /// Loads keys and certificates and assembles the gateway.
     pub fn from_config(config: &FileConfig) -> Result<Self, ConfigError> {
+        // The signing RA key also decrypts unless a separate encryption key is set.
+        let signer_purpose = if config.ra.encryption_key.is_some() {
+            Purpose::SIGN
+        } else {
+            Purpose::BOTH
+        };
         let signer = load_credential(
             "ra.certificate",
             &config.ra.certificate,
             "ra.key",
             &config.ra.key,
+            signer_purpose,
         )?;
         require_usage(
             "ra.certificate",
@@ -67,8 +77,13 @@ impl Gateway {
         )?;
         let decrypter = match (&config.ra.encryption_certificate, &config.ra.encryption_key) {
             (Some(cert), Some(key)) => {
-                let c =
-                    load_credential("ra.encryption_certificate", cert, "ra.encryption_key", key)?;
+                let c = load_credential(
+                    "ra.encryption_certificate",
+                    cert,
+                    "ra.encryption_key",
+                    key,
+                    Purpose::DECRYPT,
+                )?;
                 require_usage(
                     "ra.encryption_certificate",
                     cert,
@@ -100,7 +115,13 @@ impl Gateway {
             &config.ca.certificate,
             "ca.key",
             &config.ca.key,
+            Purpose::SIGN,
         )?;
+        let keys = vec![
+            ("ra.key", ra.signer.key.clone()),
+            ("ra.encryption_key", ra.decrypter.key.clone()),
+            ("ca.key", ca_credential.key.clone()),
+        ];
         require_usage(
             "ca.certificate",
             &config.ca.certificate,
@@ -167,6 +188,7 @@ impl Gateway {
             capabilities: capabilities.render(),
             next_ca_cert: next,
             claim_lease,
+            keys,
             readiness: Readiness::default(),
         })
     }
@@ -244,39 +266,62 @@ fn load_challenge(config: &ChallengeConfig) -> Result<Arc<dyn Challenge>, Config
     }
 }
 
+/// Loads a private key wherever it lives, for `purpose`. The one place that turns a
+/// key setting into a [`Key`]; its errors name the setting and the problem (file
+/// unreadable, wrong PIN, no such key label, module missing, a key without CKA_DECRYPT
+/// configured for decryption, a token without the mechanism).
+pub fn load_key(
+    setting: &'static str,
+    key: &KeyRef,
+    purpose: Purpose,
+) -> Result<Arc<dyn Key>, ConfigError> {
+    match key {
+        KeyRef::File(path) => {
+            let key = SoftwareKey::from_file(path).map_err(|e| ConfigError::File {
+                setting,
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Arc::new(key))
+        }
+        KeyRef::Pkcs11 { pkcs11 } => {
+            let key = Pkcs11Key::open(pkcs11, purpose).map_err(|e| ConfigError::Invalid {
+                setting,
+                reason: e.to_string(),
+            })?;
+            tracing::info!(setting, key = %pkcs11.describe(), algorithm = ?key.algorithm(), "PKCS#11 key opened");
+            Ok(Arc::new(key))
+        }
+    }
+}
+
 /// Loads a certificate and its private key and checks that they belong together.
 fn load_credential(
     cert_setting: &'static str,
     cert_path: &Path,
     key_setting: &'static str,
-    key_path: &Path,
+    key_ref: &KeyRef,
+    purpose: Purpose,
 ) -> Result<Credential, ConfigError> {
     let mut certs = load_certificates(cert_setting, cert_path)?;
     let certificate = certs.remove(0);
-    let key = SoftwareKey::from_file(key_path).map_err(|e| ConfigError::File {
-        setting: key_setting,
-        path: key_path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let key = load_key(key_setting, key_ref, purpose)?;
     let fields = CertificateFields::parse(&certificate).map_err(|e| ConfigError::File {
         setting: cert_setting,
         path: cert_path.to_owned(),
         reason: e.to_string(),
     })?;
     if fields.spki != key.public_key_info() {
-        return Err(ConfigError::File {
+        return Err(ConfigError::Invalid {
             setting: key_setting,
-            path: key_path.to_owned(),
             reason: format!(
-                "this key does not belong to the certificate {}",
+                "the key {} does not belong to the certificate {}",
+                key_ref.describe(),
                 cert_path.display()
             ),
         });
     }
-    Ok(Credential {
-        key: Arc::new(key),
-        certificate,
-    })
+    Ok(Credential { key, certificate })
 }
 
 /// Reads every certificate of a PEM file (or the one certificate of a DER file), keeping

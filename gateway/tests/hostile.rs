@@ -112,6 +112,7 @@ fn hostile_input_gets_the_documented_answer_and_nothing_worse() {
                 REQUEST_TIMEOUT.as_secs().to_string(),
             ),
         ],
+        ..Options::default()
     });
     let pki = Pki::load(&gateway);
     let addr = gateway.addr;

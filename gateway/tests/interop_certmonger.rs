@@ -2,18 +2,22 @@
 //! AES-256-CBC, without systemd or the system bus: a private session bus and state in a
 //! temporary folder, as `../shared/docs/peers.md` describes.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
 
-use common::{openssl_verify, openssl_x509, require_tool, Gateway, Options, CHALLENGE};
+use common::{openssl_verify, openssl_x509, require_tool, Backend, Gateway, Options, CHALLENGE};
 
-#[test]
-fn certmonger_enrolls_by_get_with_aes_and_the_certificate_verifies() {
+backends!(certmonger_enrolls_by_get_with_aes_and_the_certificate_verifies);
+fn certmonger_enrolls_by_get_with_aes_and_the_certificate_verifies(backend: Backend) {
     require_tool("certmonger");
     require_tool("getcert");
     require_tool("dbus-run-session");
-    let mut gateway = Gateway::start(Options::default());
+    let mut gateway = Gateway::start(Options {
+        backend,
+        ..Options::default()
+    });
     let state = tempfile::tempdir().unwrap();
     let s = state.path();
     for d in ["cas", "requests", "local", "config", "tmp"] {

@@ -2,12 +2,13 @@
 //! wrong challenge. It sends POST, SHA-1, PKCS#1 v1.5 key transport and single-DES
 //! envelopes in BER, so the gateway runs with `--legacy-des`.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{openssl_verify, openssl_x509, require_tool, Gateway, Options, CHALLENGE};
+use common::{openssl_verify, openssl_x509, require_tool, Backend, Gateway, Options, CHALLENGE};
 
 fn scepclient(gateway: &Gateway, dir: &Path, cn: &str, challenge: &str) -> Output {
     Command::new(require_tool("scepclient"))
@@ -37,9 +38,10 @@ fn describe(out: &Output) -> String {
     )
 }
 
-#[test]
-fn scepclient_enrolls_and_renews_and_the_certificates_verify() {
+backends!(scepclient_enrolls_and_renews_and_the_certificates_verify);
+fn scepclient_enrolls_and_renews_and_the_certificates_verify(backend: Backend) {
     let mut gateway = Gateway::start(Options {
+        backend,
         legacy_des: true,
         ..Options::default()
     });
@@ -80,9 +82,10 @@ fn scepclient_enrolls_and_renews_and_the_certificates_verify() {
     gateway.assert_healthy();
 }
 
-#[test]
-fn a_wrong_challenge_is_a_certrep_failure_not_an_http_error() {
+backends!(a_wrong_challenge_is_a_certrep_failure_not_an_http_error);
+fn a_wrong_challenge_is_a_certrep_failure_not_an_http_error(backend: Backend) {
     let mut gateway = Gateway::start(Options {
+        backend,
         legacy_des: true,
         ..Options::default()
     });
@@ -107,9 +110,12 @@ fn a_wrong_challenge_is_a_certrep_failure_not_an_http_error() {
     gateway.assert_healthy();
 }
 
-#[test]
-fn without_the_legacy_switch_single_des_is_refused_with_bad_alg() {
-    let mut gateway = Gateway::start(Options::default());
+backends!(without_the_legacy_switch_single_des_is_refused_with_bad_alg);
+fn without_the_legacy_switch_single_des_is_refused_with_bad_alg(backend: Backend) {
+    let mut gateway = Gateway::start(Options {
+        backend,
+        ..Options::default()
+    });
     let client = tempfile::tempdir().unwrap();
     let out = scepclient(&gateway, client.path(), "device-3", CHALLENGE);
     assert!(

@@ -10,11 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{get, openssl_verify, post, raw_request, read_der, require_tool, write_pem, Gateway, Options, CHALLENGE};
+use common::{
+    get, openssl_verify, post, raw_request, read_der, require_tool, write_pem, Gateway, Options,
+    CHALLENGE,
+};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
 use scep_gateway::cms::signed::CertificateFields;
-use scep_gateway::scep::client::{ca_certificates, encryption_certificate, MessageSpec, Reply, Requester};
+use scep_gateway::scep::client::{
+    ca_certificates, encryption_certificate, MessageSpec, Reply, Requester,
+};
 use scep_gateway::scep::message::{FailInfo, MessageType, Nonce, PkiStatus};
 use scep_hsm::{Key, SoftwareKey};
 
@@ -33,7 +38,11 @@ impl Device {
         let ra_certificate = encryption_certificate(&certs).unwrap().to_vec();
         let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
         let requester = Requester::self_signed(key, &common_name(cn).unwrap()).unwrap();
-        Device { requester, ra_certificate, cn: cn.into() }
+        Device {
+            requester,
+            ra_certificate,
+            cn: cn.into(),
+        }
     }
 
     fn spec(&self, message_type: MessageType) -> MessageSpec {
@@ -48,16 +57,34 @@ impl Device {
 
     fn pkcsreq(&self, challenge: &str) -> (Vec<u8>, MessageSpec) {
         let subject = common_name(&self.cn).unwrap();
-        let csr = self.requester.certification_request(&subject, Some(challenge)).unwrap();
+        let csr = self
+            .requester
+            .certification_request(&subject, Some(challenge))
+            .unwrap();
         let spec = self.spec(MessageType::PkcsReq);
-        (self.requester.pki_message(&spec, &self.ra_certificate, &csr).unwrap(), spec)
+        (
+            self.requester
+                .pki_message(&spec, &self.ra_certificate, &csr)
+                .unwrap(),
+            spec,
+        )
     }
 
     fn send(&self, gateway: &Gateway, message: &[u8], spec: &MessageSpec) -> Reply {
         let response = post(gateway.addr, "/scep?operation=PKIOperation", message);
-        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
-        assert_eq!(response.header("content-type"), Some("application/x-pki-message"));
-        self.requester.read_reply(&response.body, spec, false).unwrap()
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/x-pki-message")
+        );
+        self.requester
+            .read_reply(&response.body, spec, false)
+            .unwrap()
     }
 }
 
@@ -68,24 +95,50 @@ fn serial_of(cert: &[u8]) -> Vec<u8> {
 #[test]
 fn capabilities_and_ca_certificates_are_served_on_every_scep_path() {
     let mut gateway = Gateway::start(Options::default());
-    for path in ["/scep", "/certsrv/mscep/mscep.dll", "/cgi-bin/pkiclient.exe"] {
+    for path in [
+        "/scep",
+        "/certsrv/mscep/mscep.dll",
+        "/cgi-bin/pkiclient.exe",
+    ] {
         let caps = get(gateway.addr, &format!("{path}?operation=GetCACaps"));
         assert_eq!(caps.status, 200, "{path}");
         let text = String::from_utf8(caps.body).unwrap();
-        for kw in ["AES", "SHA-256", "SHA-512", "POSTPKIOperation", "Renewal", "SCEPStandard"] {
-            assert!(text.lines().any(|l| l == kw), "{path}: {kw} missing in {text:?}");
+        for kw in [
+            "AES",
+            "SHA-256",
+            "SHA-512",
+            "POSTPKIOperation",
+            "Renewal",
+            "SCEPStandard",
+        ] {
+            assert!(
+                text.lines().any(|l| l == kw),
+                "{path}: {kw} missing in {text:?}"
+            );
         }
-        assert!(!text.lines().any(|l| l == "DES3" || l == "GetNextCACert"), "{text:?}");
+        assert!(
+            !text.lines().any(|l| l == "DES3" || l == "GetNextCACert"),
+            "{text:?}"
+        );
     }
     let answer = get(gateway.addr, "/scep?operation=GetCACert&message=anything");
-    assert_eq!(answer.header("content-type"), Some("application/x-x509-ca-ra-cert"));
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/x-x509-ca-ra-cert")
+    );
     let certs = ca_certificates(&answer.body).unwrap();
     assert_eq!(certs.len(), 2, "the RA certificate, then the CA");
     assert_eq!(certs[0], read_der(&gateway.pki().join("ra.pem")));
     assert_eq!(certs[1], read_der(&gateway.ca_pem()));
-    assert_eq!(get(gateway.addr, "/scep?operation=GetNextCACert").status, 404);
+    assert_eq!(
+        get(gateway.addr, "/scep?operation=GetNextCACert").status,
+        404
+    );
     // Routers: HTTP/1.0 without a Host header.
-    let old = raw_request(gateway.addr, b"GET /cgi-bin/pkiclient.exe?operation=GetCACaps HTTP/1.0\r\n\r\n");
+    let old = raw_request(
+        gateway.addr,
+        b"GET /cgi-bin/pkiclient.exe?operation=GetCACaps HTTP/1.0\r\n\r\n",
+    );
     assert_eq!(old.status, 200);
     gateway.assert_healthy();
 }
@@ -96,8 +149,17 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
     let device = Device::new(&gateway, "device-7");
     let (message, spec) = device.pkcsreq(CHALLENGE);
     let reply = device.send(&gateway, &message, &spec);
-    assert_eq!(reply.status, PkiStatus::Success, "{:?}", reply.fail_info_text);
-    assert_eq!(reply.certificates.len(), 2, "the issued certificate, then the CA");
+    assert_eq!(
+        reply.status,
+        PkiStatus::Success,
+        "{:?}",
+        reply.fail_info_text
+    );
+    assert_eq!(
+        reply.certificates.len(),
+        2,
+        "the issued certificate, then the CA"
+    );
     let issued = reply.certificates[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let cert_pem = dir.path().join("cert.pem");
@@ -107,7 +169,10 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
     // The same message again: the same certificate, re-wrapped with fresh nonces.
     let again = device.send(&gateway, &message, &spec);
     assert_eq!(again.status, PkiStatus::Success);
-    assert_eq!(again.certificates[0], issued, "a retry must not issue a second certificate");
+    assert_eq!(
+        again.certificates[0], issued,
+        "a retry must not issue a second certificate"
+    );
     assert_ne!(again.sender_nonce, reply.sender_nonce);
 
     // A new PKCSReq of the same transaction (new nonce): still the same certificate.
@@ -121,7 +186,10 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
     let subject = common_name("device-7").unwrap();
     let issuer_and_subject = der_sequence(&[ca_fields.subject, &subject]);
     let poll_spec = device.spec(MessageType::CertPoll);
-    let poll = device.requester.pki_message(&poll_spec, &device.ra_certificate, &issuer_and_subject).unwrap();
+    let poll = device
+        .requester
+        .pki_message(&poll_spec, &device.ra_certificate, &issuer_and_subject)
+        .unwrap();
     let polled = device.send(&gateway, &poll, &poll_spec);
     assert_eq!(polled.status, PkiStatus::Success);
     assert_eq!(polled.certificates[0], issued);
@@ -129,8 +197,15 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
     // GetCert by issuer and serial.
     let fields = CertificateFields::parse(&issued).unwrap();
     let ias = fields.issuer_and_serial_der();
-    let get_spec = MessageSpec { transaction_id: scep_gateway::scep::message::TransactionId::new("getcert-1".into()).unwrap(), ..device.spec(MessageType::GetCert) };
-    let get_cert = device.requester.pki_message(&get_spec, &device.ra_certificate, &ias).unwrap();
+    let get_spec = MessageSpec {
+        transaction_id: scep_gateway::scep::message::TransactionId::new("getcert-1".into())
+            .unwrap(),
+        ..device.spec(MessageType::GetCert)
+    };
+    let get_cert = device
+        .requester
+        .pki_message(&get_spec, &device.ra_certificate, &ias)
+        .unwrap();
     let got = device.send(&gateway, &get_cert, &get_spec);
     assert_eq!(got.status, PkiStatus::Success);
     assert_eq!(got.certificates, vec![issued.clone()]);
@@ -138,17 +213,38 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
     // GetCert for a serial nobody issued: badCertID.
     let mut unknown = issued.clone();
     let serial = fields.serial;
-    let at = unknown.windows(serial.len()).position(|w| w == serial).unwrap();
+    let at = unknown
+        .windows(serial.len())
+        .position(|w| w == serial)
+        .unwrap();
     unknown[at + serial.len() - 1] ^= 0x55;
-    let unknown_ias = CertificateFields::parse(&unknown).unwrap().issuer_and_serial_der();
-    let missing_spec = MessageSpec { transaction_id: scep_gateway::scep::message::TransactionId::new("getcert-2".into()).unwrap(), ..device.spec(MessageType::GetCert) };
-    let missing = device.requester.pki_message(&missing_spec, &device.ra_certificate, &unknown_ias).unwrap();
+    let unknown_ias = CertificateFields::parse(&unknown)
+        .unwrap()
+        .issuer_and_serial_der();
+    let missing_spec = MessageSpec {
+        transaction_id: scep_gateway::scep::message::TransactionId::new("getcert-2".into())
+            .unwrap(),
+        ..device.spec(MessageType::GetCert)
+    };
+    let missing = device
+        .requester
+        .pki_message(&missing_spec, &device.ra_certificate, &unknown_ias)
+        .unwrap();
     let answer = device.send(&gateway, &missing, &missing_spec);
-    assert_eq!((answer.status, answer.fail_info), (PkiStatus::Failure, Some(FailInfo::BadCertId)));
+    assert_eq!(
+        (answer.status, answer.fail_info),
+        (PkiStatus::Failure, Some(FailInfo::BadCertId))
+    );
 
     // GetCRL: a CRL signed by the CA.
-    let crl_spec = MessageSpec { transaction_id: scep_gateway::scep::message::TransactionId::new("getcrl-1".into()).unwrap(), ..device.spec(MessageType::GetCrl) };
-    let get_crl = device.requester.pki_message(&crl_spec, &device.ra_certificate, &ias).unwrap();
+    let crl_spec = MessageSpec {
+        transaction_id: scep_gateway::scep::message::TransactionId::new("getcrl-1".into()).unwrap(),
+        ..device.spec(MessageType::GetCrl)
+    };
+    let get_crl = device
+        .requester
+        .pki_message(&crl_spec, &device.ra_certificate, &ias)
+        .unwrap();
     let crl = device.send(&gateway, &get_crl, &crl_spec);
     assert_eq!(crl.status, PkiStatus::Success);
     assert_eq!(crl.crls.len(), 1);
@@ -161,16 +257,31 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
         .arg(gateway.ca_pem())
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("verify OK"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verify OK"),
+        "{out:?}"
+    );
 
     // Another key presenting the same transactionID is refused.
     let other = Device::new(&gateway, "device-7");
     let subject = common_name("device-7").unwrap();
-    let csr = other.requester.certification_request(&subject, Some(CHALLENGE)).unwrap();
-    let stolen = MessageSpec { transaction_id: spec.transaction_id.clone(), ..other.spec(MessageType::PkcsReq) };
-    let msg = other.requester.pki_message(&stolen, &other.ra_certificate, &csr).unwrap();
+    let csr = other
+        .requester
+        .certification_request(&subject, Some(CHALLENGE))
+        .unwrap();
+    let stolen = MessageSpec {
+        transaction_id: spec.transaction_id.clone(),
+        ..other.spec(MessageType::PkcsReq)
+    };
+    let msg = other
+        .requester
+        .pki_message(&stolen, &other.ra_certificate, &csr)
+        .unwrap();
     let refused = other.send(&gateway, &msg, &stolen);
-    assert_eq!((refused.status, refused.fail_info), (PkiStatus::Failure, Some(FailInfo::BadRequest)));
+    assert_eq!(
+        (refused.status, refused.fail_info),
+        (PkiStatus::Failure, Some(FailInfo::BadRequest))
+    );
     assert_ne!(serial_of(&issued), vec![]);
     gateway.assert_healthy();
 }
@@ -186,14 +297,23 @@ fn long_get_pkioperation_over_http1_and_http2() {
     let device = Device::new(&gateway, "device-get");
     let (message, spec) = device.pkcsreq(CHALLENGE);
     let b64 = base64::engine::general_purpose::STANDARD.encode(&message);
-    let escaped = percent_encoding::utf8_percent_encode(&b64, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let escaped =
+        percent_encoding::utf8_percent_encode(&b64, percent_encoding::NON_ALPHANUMERIC).to_string();
     // An Intune challenge makes the URI tens of KiB: pad to ~60,000 bytes with a
     // parameter SCEP ignores.
     let base = format!("/scep?operation=PKIOperation&message={escaped}&pad=");
     let target = format!("{base}{}", "x".repeat(60_000 - base.len()));
     let first = get(gateway.addr, &target);
-    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
-    let reply = device.requester.read_reply(&first.body, &spec, false).unwrap();
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let reply = device
+        .requester
+        .read_reply(&first.body, &spec, false)
+        .unwrap();
     assert_eq!(reply.status, PkiStatus::Success);
 
     // The same over HTTP/2 (h2c, prior knowledge), where hyper's default header list
@@ -207,9 +327,19 @@ fn long_get_pkioperation_over_http1_and_http2() {
         .arg(format!("http://{}{}", gateway.addr, target))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&status.stdout), "2 200", "{status:?}");
-    let reply2 = device.requester.read_reply(&std::fs::read(&out_file).unwrap(), &spec, false).unwrap();
-    assert_eq!(reply2.certificates[0], reply.certificates[0], "the replay over HTTP/2 returns the same certificate");
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout),
+        "2 200",
+        "{status:?}"
+    );
+    let reply2 = device
+        .requester
+        .read_reply(&std::fs::read(&out_file).unwrap(), &spec, false)
+        .unwrap();
+    assert_eq!(
+        reply2.certificates[0], reply.certificates[0],
+        "the replay over HTTP/2 returns the same certificate"
+    );
     gateway.assert_healthy();
 }
 
@@ -218,10 +348,29 @@ fn tls_serves_http1_and_http2() {
     let curl = require_tool("curl");
     let openssl = require_tool("openssl");
     let tls_dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (tls_dir.path().join("tls.pem"), tls_dir.path().join("tls.key.pem"));
+    let (cert, key) = (
+        tls_dir.path().join("tls.pem"),
+        tls_dir.path().join("tls.key.pem"),
+    );
     let out = Command::new(openssl)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -243,7 +392,10 @@ fn tls_serves_http1_and_http2() {
             .args(["-sS", flag, "--cacert"])
             .arg(&cert)
             .args(["-w", " %{http_version}"])
-            .arg(format!("https://127.0.0.1:{}/scep?operation=GetCACaps", gateway.addr.port()))
+            .arg(format!(
+                "https://127.0.0.1:{}/scep?operation=GetCACaps",
+                gateway.addr.port()
+            ))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -267,7 +419,10 @@ fn get_next_ca_cert_when_a_next_set_is_configured() {
     assert!(caps.lines().any(|l| l == "GetNextCACert"), "{caps}");
     let next = get(gateway.addr, "/scep?operation=GetNextCACert");
     assert_eq!(next.status, 200);
-    assert_eq!(next.header("content-type"), Some("application/x-x509-next-ca-cert"));
+    assert_eq!(
+        next.header("content-type"),
+        Some("application/x-x509-next-ca-cert")
+    );
     // RFC 8894 §4.6.1: signed by the current RA; its content is certs-only.
     let signed = scep_gateway::cms::signed::SignedData::parse(&next.body).unwrap();
     let signer = signed.single_signer().unwrap();
@@ -282,6 +437,8 @@ fn get_next_ca_cert_when_a_next_set_is_configured() {
 fn sigterm_stops_gracefully() {
     let mut gateway = Gateway::start(Options::default());
     assert_eq!(get(gateway.addr, "/healthz").status, 200);
-    let status = gateway.terminate(Duration::from_secs(10)).expect("the gateway did not stop within 10 s");
+    let status = gateway
+        .terminate(Duration::from_secs(10))
+        .expect("the gateway did not stop within 10 s");
     assert!(status.success(), "{status:?}");
 }

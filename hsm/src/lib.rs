@@ -16,10 +16,13 @@
 //! them on a blocking pool, never on a reactor thread.
 #![forbid(unsafe_code)]
 
+pub mod observe;
+pub mod pkcs11;
 pub mod software;
 
 use std::fmt;
 
+pub use pkcs11::{Pkcs11Key, Pkcs11KeyConfig};
 pub use software::SoftwareKey;
 pub use zeroize::Zeroizing;
 
@@ -102,4 +105,10 @@ pub trait Key: Send + Sync + fmt::Debug {
         padding: DecryptPadding,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError>;
+
+    /// Whether the key can be used right now: a cheap round trip to where it lives
+    /// (readiness probes call it). Keys in this process are always ready.
+    fn health(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
 }

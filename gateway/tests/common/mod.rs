@@ -29,9 +29,44 @@ pub fn require_tool(name: &str) -> PathBuf {
     panic!("`{name}` is not installed: run scripts/test-all, which installs every tool the tests drive");
 }
 
+/// Where the gateway's CA and RA keys live.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PKCS#8 files, made by `init`.
+    #[default]
+    Software,
+    /// A SoftHSM2 token made for this gateway (its own SOFTHSM2_CONF and token folder),
+    /// keys generated in it by `init --pkcs11-...`.
+    SoftHsm,
+}
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const SOFTHSM_TOKEN: &str = "scep-e2e";
+pub const SOFTHSM_PIN: &str = "2468";
+pub const SOFTHSM_PIN_ENV: &str = "SCEP_E2E_HSM_PIN";
+
+/// Runs one test body once per backend: `backends!(name);` makes the tests
+/// `name::software` and `name::softhsm`, each calling `name(Backend::...)`.
+#[macro_export]
+macro_rules! backends {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn software() {
+                super::$body($crate::common::Backend::Software)
+            }
+            #[test]
+            fn softhsm() {
+                super::$body($crate::common::Backend::SoftHsm)
+            }
+        }
+    };
+}
+
 /// Options for a gateway under test.
 #[derive(Default, Clone)]
 pub struct Options {
+    pub backend: Backend,
     pub legacy_des: bool,
     /// `key = value` replacements in gateway.toml (the first `key =` line is replaced).
     pub extra_config: Vec<(String, String)>,
@@ -43,18 +78,30 @@ pub struct Options {
 /// started from it share one CA and RA (replicas).
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    /// The environment the gateways run with (SoftHSM2 config, PIN).
+    env: Vec<(String, String)>,
 }
 
 impl Pki {
     pub fn init(options: &Options) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
+        let env = match options.backend {
+            Backend::Software => Vec::new(),
+            Backend::SoftHsm => softhsm_token(dir.path()),
+        };
         let mut init = Command::new(env!("CARGO_BIN_EXE_scep-gateway"));
         init.args(["init", "--dir"])
             .arg(&pki)
-            .args(["--challenge", CHALLENGE]);
+            .args(["--challenge", CHALLENGE])
+            .envs(env.iter().map(|(k, v)| (k, v)));
         if options.legacy_des {
             init.arg("--legacy-des");
+        }
+        if options.backend == Backend::SoftHsm {
+            init.args(["--pkcs11-module", SOFTHSM_MODULE])
+                .args(["--pkcs11-token-label", SOFTHSM_TOKEN])
+                .args(["--pkcs11-pin-env", SOFTHSM_PIN_ENV]);
         }
         let out = init.output().unwrap();
         assert!(
@@ -64,6 +111,13 @@ impl Pki {
         );
         let config = pki.join("gateway.toml");
         let mut text = std::fs::read_to_string(&config).unwrap();
+        if options.backend == Backend::SoftHsm {
+            assert!(
+                text.contains("pkcs11 = {"),
+                "init did not put the keys in the token:\n{text}"
+            );
+            assert!(!pki.join("ra.key.pem").exists() && !pki.join("ca.key.pem").exists());
+        }
         for (key, replacement) in &options.extra_config {
             text = set_config(&text, key, replacement);
         }
@@ -72,7 +126,7 @@ impl Pki {
             text.push('\n');
         }
         std::fs::write(&config, text).unwrap();
-        Pki { dir }
+        Pki { dir, env }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -85,7 +139,12 @@ impl Pki {
 
     /// Starts a gateway on a free port from this PKI's config.
     pub fn serve(&self) -> Gateway {
-        Gateway::serve(tempfile::tempdir().unwrap(), self.path())
+        Gateway::serve(tempfile::tempdir().unwrap(), self.path(), self.env.clone())
+    }
+
+    /// The SoftHSM2 token folder (for fault tests).
+    pub fn softhsm_tokens(&self) -> PathBuf {
+        self.dir.path().join("softhsm").join("tokens")
     }
 }
 
@@ -93,6 +152,7 @@ impl Pki {
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pki: PathBuf,
+    env: Vec<(String, String)>,
     pub addr: SocketAddr,
     child: Child,
     log: PathBuf,
@@ -102,34 +162,48 @@ impl Gateway {
     pub fn start(options: Options) -> Gateway {
         let pki = Pki::init(&options);
         let path = pki.path();
-        Self::serve(pki.dir, path)
+        Self::serve(pki.dir, path, pki.env)
+    }
+
+    /// The SoftHSM2 token folder (for fault tests).
+    pub fn softhsm_tokens(&self) -> PathBuf {
+        self.pki.parent().unwrap().join("softhsm").join("tokens")
     }
 
     /// Runs `serve` with `pki`/gateway.toml; `dir` (kept alive) holds the log.
-    fn serve(dir: tempfile::TempDir, pki: PathBuf) -> Gateway {
+    fn serve(dir: tempfile::TempDir, pki: PathBuf, env: Vec<(String, String)>) -> Gateway {
         let config = pki.join("gateway.toml");
         let log = dir.path().join("gateway.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_scep-gateway"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
             .env("SCEP_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut addr = None;
-        let mut line = String::new();
-        while stdout.read_line(&mut line).unwrap() > 0 {
-            if let Some(rest) = line
-                .trim()
-                .strip_prefix("SCEP gateway listening on http://")
-            {
-                addr = Some(rest.trim_end_matches("/scep").parse().unwrap());
-                break;
+        // Read the "listening on" line in a thread, so that a gateway that neither
+        // starts nor exits fails the test after a deadline instead of hanging it.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = stdout.lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some((_, url)) = line.trim().split_once("listening on ") {
+                    let host_port = url.split("://").nth(1).unwrap_or("");
+                    let _ = tx.send(host_port.trim_end_matches("/scep").to_owned());
+                    break;
+                }
             }
-            line.clear();
-        }
+            // Keep draining stdout so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .and_then(|a| a.parse().ok());
         let Some(addr) = addr else {
             let _ = child.kill();
             panic!(
@@ -137,14 +211,10 @@ impl Gateway {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stdout.read_to_end(&mut sink);
-        });
         Gateway {
             dir,
             pki,
+            env,
             addr,
             child,
             log,
@@ -191,6 +261,43 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Makes a SoftHSM2 token store in `dir/softhsm` with one token, and returns the
+/// environment the gateway needs for it. A missing SoftHSM2 fails the test.
+fn softhsm_token(dir: &Path) -> Vec<(String, String)> {
+    let util = require_tool("softhsm2-util");
+    assert!(
+        Path::new(SOFTHSM_MODULE).is_file(),
+        "{SOFTHSM_MODULE} is missing: run scripts/test-all (apt-get install softhsm2)"
+    );
+    let root = dir.join("softhsm");
+    let tokens = root.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(util)
+        .args(["--init-token", "--free", "--label", SOFTHSM_TOKEN])
+        .args(["--so-pin", "12345678", "--pin", SOFTHSM_PIN])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "softhsm2-util: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vec![
+        ("SOFTHSM2_CONF".into(), conf.display().to_string()),
+        (SOFTHSM_PIN_ENV.into(), SOFTHSM_PIN.into()),
+    ]
 }
 
 /// Replaces `key = ...` in the TOML text (the first occurrence), or appends the line.
@@ -346,7 +453,10 @@ impl Gateway {
 
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -371,7 +481,9 @@ pub fn read_der(path: &Path) -> Vec<u8> {
 fn der_from_pem(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 /// Writes DER as a PEM file of the given label.
