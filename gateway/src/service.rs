@@ -199,7 +199,11 @@ impl Gateway {
 fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> {
     let ttl = Duration::from_secs(config.transaction_ttl_secs);
     match config.backend {
-        StoreBackend::Memory => Ok(Arc::new(MemoryStore::new(ttl, config.max_transactions))),
+        StoreBackend::Memory => {
+            let store = Arc::new(MemoryStore::new(ttl, config.max_transactions));
+            store.spawn_sweeper(Duration::from_secs(60));
+            Ok(store)
+        }
         StoreBackend::Redis => {
             let tls_ca_pem = match &config.tls_ca_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| ConfigError::File {

@@ -442,3 +442,78 @@ fn sigterm_stops_gracefully() {
         .expect("the gateway did not stop within 10 s");
     assert!(status.success(), "{status:?}");
 }
+
+/// `scep-gateway serve` with no config: creates the embedded default in ./scep-data on
+/// first start, prints where things are, and reuses it on the next start.
+#[test]
+fn serve_without_config_creates_then_reuses_the_embedded_default() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let cwd = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scep-gateway"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(cwd.path())
+            .env_remove("SCEP_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut printed = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.trim_start().starts_with("challenge:");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        (child, printed.join("\n"))
+    };
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+
+    let (mut first, text) = start();
+    assert!(
+        text.contains("created a development PKI in scep-data"),
+        "{text}"
+    );
+    let url = field(&text, "SCEP gateway listening on");
+    let fingerprint = field(&text, "CA SHA-256:");
+    assert!(
+        field(&text, "challenge:").contains("challenge.txt"),
+        "{text}"
+    );
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/scep")
+        .parse()
+        .unwrap();
+    assert_eq!(get(addr, "/scep?operation=GetCACaps").status, 200);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for file in [
+        "gateway.toml",
+        "ca.pem",
+        "ca.key.pem",
+        "ra.pem",
+        "ra.key.pem",
+        "challenge.txt",
+    ] {
+        assert!(cwd.path().join("scep-data").join(file).exists(), "{file}");
+    }
+
+    let (mut second, text) = start();
+    assert!(!text.contains("created a development PKI"), "{text}");
+    assert_eq!(
+        field(&text, "CA SHA-256:"),
+        fingerprint,
+        "the same CA is reused"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

@@ -24,6 +24,9 @@ use crate::service::Gateway;
 /// PKIOperation URI tens of KiB long, so allow what HTTP/1 allows (65,534 bytes) and more.
 const MAX_HEADER_LIST: u32 = 256 * 1024;
 
+/// The HTTP/1 read buffer: what one connection may hold of an unfinished request head.
+const MAX_HTTP1_BUFFER: usize = 96 * 1024;
+
 /// A bound listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
@@ -74,6 +77,10 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(self.config.header_timeout_secs))
+            // Room for the longest request line HTTP/1 allows here (a 65,534-byte URI, an
+            // Intune GET) plus headers, and no more: hyper's default (~400 KB) would let
+            // each of `max_connections` clients pin that much memory with headers alone.
+            .max_buf_size(MAX_HTTP1_BUFFER)
             .keep_alive(true);
         builder
             .http2()

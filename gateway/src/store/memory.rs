@@ -44,7 +44,25 @@ impl MemoryStore {
         }
     }
 
-    /// Drops expired entries. Called periodically by the server, and when full.
+    /// Starts a task that sweeps expired entries every `every`, so that memory follows
+    /// the live transactions rather than the busiest hour since start. The task holds a
+    /// weak reference and ends with the store. Needs a tokio runtime.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match store.upgrade() {
+                    Some(store) => store.sweep(),
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// Drops expired entries. Called by the sweeper task, and when full.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.transactions.retain(|_, e| e.expires > now);
