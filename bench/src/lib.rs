@@ -123,6 +123,7 @@ pub fn pkis(variants: &[Variant]) -> Result<Vec<Pki>> {
                 ra: RaKeys {
                     signer: ra.clone(),
                     decrypter: ra,
+                    previous: Vec::new(),
                 },
                 ca: Arc::new(ca),
                 ra_key,

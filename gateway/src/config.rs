@@ -113,6 +113,19 @@ pub struct RaConfig {
     /// signing RA also decrypts.
     pub encryption_certificate: Option<PathBuf>,
     pub encryption_key: Option<KeyRef>,
+    /// Earlier RA encryption certificates and keys, kept for decryption only after a
+    /// rollover (`[[ra.previous]]`): devices that fetched the old RA certificate still
+    /// enroll until they fetch the new one.
+    #[serde(default)]
+    pub previous: Vec<PreviousRa>,
+}
+
+/// One `[[ra.previous]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousRa {
+    pub certificate: PathBuf,
+    pub key: KeyRef,
 }
 
 /// `[ca]`: the embedded CA's certificate and key.
@@ -358,6 +371,10 @@ impl FileConfig {
         fix(&mut self.ra.certificate);
         self.ra.key.resolve(base);
         self.ra.encryption_certificate.as_mut().map(fix);
+        for previous in &mut self.ra.previous {
+            fix(&mut previous.certificate);
+            previous.key.resolve(base);
+        }
         if let Some(k) = self.ra.encryption_key.as_mut() {
             k.resolve(base);
         }

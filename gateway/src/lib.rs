@@ -25,6 +25,7 @@ pub mod health;
 pub mod http;
 pub mod init;
 pub mod ra;
+pub mod reload;
 pub mod scep;
 pub mod service;
 pub mod store;

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use scep_gateway::config::FileConfig;
 use scep_gateway::http::server::Server;
 use scep_gateway::init;
+use scep_gateway::reload::Live;
 use scep_gateway::service::Gateway;
 
 #[derive(Parser)]
@@ -157,7 +158,9 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let gateway = Arc::new(Gateway::from_config(&config).map_err(|e| e.to_string())?);
-        let server = Server::bind(config.server.clone(), gateway.clone())
+        let live = Arc::new(Live::new(&config_path, config.clone(), gateway.clone()));
+        reload_on_sighup(live.clone());
+        let server = Server::bind(config.server.clone(), live)
             .await
             .map_err(|e| e.to_string())?;
         let scheme = if server.is_tls() { "https" } else { "http" };
@@ -179,6 +182,31 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// SIGHUP reloads the configuration file (RA/CA keys and certificates, next set,
+/// challenge, policy) without dropping a request; a file that does not load leaves the
+/// running configuration in place and says why.
+fn reload_on_sighup(live: Arc<Live>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be handled here; reload needs a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let live = live.clone();
+            let result = tokio::task::spawn_blocking(move || live.reload()).await;
+            match result {
+                Ok(Ok(())) => tracing::info!("configuration reloaded"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reload failed; the running configuration stays")
+                }
+                Err(e) => tracing::error!(error = %e, "reload task failed"),
+            }
+        }
+    });
 }
 
 /// `serve` without a config: reuse `./scep-data/gateway.toml`, creating it on first start.

@@ -26,9 +26,20 @@ pub struct RaKeys {
     /// Decrypts request envelopes (needs keyEncipherment). The same credential as
     /// `signer` unless a separate encryption RA is configured.
     pub decrypter: Credential,
+    /// Earlier RA encryption credentials, kept for decryption only during a rollover:
+    /// a device that fetched the previous RA certificate before the switch still
+    /// encrypts to it, and its RecipientInfo says so (RFC 5652 §6.2.1).
+    pub previous: Vec<Credential>,
 }
 
 impl RaKeys {
+    /// Every credential that may open a request envelope: the current one first.
+    pub fn decrypters(&self) -> Vec<&Credential> {
+        std::iter::once(&self.decrypter)
+            .chain(&self.previous)
+            .collect()
+    }
+
     /// The RA certificates in the order GetCACert serves them: signing first, then a
     /// distinct encryption certificate.
     pub fn certificates(&self) -> Vec<Arc<[u8]>> {

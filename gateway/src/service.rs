@@ -56,6 +56,15 @@ pub struct Gateway {
 impl Gateway {
     /// Loads keys and certificates and assembles the gateway.
     pub fn from_config(config: &FileConfig) -> Result<Self, ConfigError> {
+        Self::with_store(config, None)
+    }
+
+    /// As [`Gateway::from_config`], but keeps `store` (the running gateway's) instead of
+    /// building one: a reload must not forget the transactions in flight.
+    pub fn with_store(
+        config: &FileConfig,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, ConfigError> {
         // The signing RA key also decrypts unless a separate encryption key is set.
         let signer_purpose = if config.ra.encryption_key.is_some() {
             Purpose::SIGN
@@ -108,7 +117,22 @@ impl Gateway {
                 reason: "the RA decryption key must be RSA (SCEP key transport is RSA)".into(),
             });
         }
-        let ra = RaKeys { signer, decrypter };
+        let mut previous = Vec::new();
+        for entry in &config.ra.previous {
+            let c = load_credential(
+                "ra.previous.certificate",
+                &entry.certificate,
+                "ra.previous.key",
+                &entry.key,
+                Purpose::DECRYPT,
+            )?;
+            previous.push(c);
+        }
+        let ra = RaKeys {
+            signer,
+            decrypter,
+            previous,
+        };
 
         let ca_credential = load_credential(
             "ca.certificate",
@@ -117,11 +141,16 @@ impl Gateway {
             &config.ca.key,
             Purpose::SIGN,
         )?;
-        let keys = vec![
+        let mut keys = vec![
             ("ra.key", ra.signer.key.clone()),
             ("ra.encryption_key", ra.decrypter.key.clone()),
             ("ca.key", ca_credential.key.clone()),
         ];
+        keys.extend(
+            ra.previous
+                .iter()
+                .map(|c| ("ra.previous.key", c.key.clone())),
+        );
         require_usage(
             "ca.certificate",
             &config.ca.certificate,
@@ -179,7 +208,10 @@ impl Gateway {
             ca_cert: cacert::ca_cert(&ra, ca.chain()),
             ra,
             ca,
-            store: build_store(&config.store)?,
+            store: match store {
+                Some(store) => store,
+                None => build_store(&config.store)?,
+            },
             challenge: load_challenge(&config.challenge)?,
             policy: CryptoPolicy {
                 legacy_des: config.crypto.legacy_des,

@@ -203,14 +203,22 @@ impl EnvelopedData {
         (iv.len() == block_len(cipher)).then(|| iv.into_owned())
     }
 
-    /// The RecipientInfo addressed to `certificate`, else the first one: clients
+    /// The first candidate credential that a RecipientInfo names, with that
+    /// RecipientInfo; else the first candidate with the first RecipientInfo: clients
     /// address the RA certificate they chose, and some name it oddly.
-    fn recipient_for(&self, certificate: &[u8]) -> Option<&KeyTransRecipient> {
-        let fields = CertificateFields::parse(certificate).ok();
-        self.recipients
-            .iter()
-            .find(|r| fields.is_some_and(|f| f.matches(&r.rid)))
-            .or_else(|| self.recipients.first())
+    fn addressed<'c>(
+        &self,
+        candidates: &[&'c Credential],
+    ) -> Option<(&'c Credential, &KeyTransRecipient)> {
+        for candidate in candidates {
+            let Ok(fields) = CertificateFields::parse(&candidate.certificate) else {
+                continue;
+            };
+            if let Some(r) = self.recipients.iter().find(|r| fields.matches(&r.rid)) {
+                return Some((candidate, r));
+            }
+        }
+        Some((*candidates.first()?, self.recipients.first()?))
     }
 }
 
@@ -323,6 +331,15 @@ pub struct Opened {
 /// - [`Error::Unavailable`] if the RA key cannot be used at all now (HSM down);
 /// - [`Error::Undecryptable`] for everything else, uniformly (see the module docs).
 pub fn open(bytes: &[u8], decrypter: &Credential, legacy_des: bool) -> Result<Opened> {
+    open_for(bytes, &[decrypter], legacy_des)
+}
+
+/// [`open`] with several candidate credentials (the current RA encryption key and
+/// earlier ones during a rollover): the credential whose certificate a RecipientInfo
+/// names opens it; when none is named, the first candidate tries the first
+/// RecipientInfo. Which key was tried is decided from the rids alone, before any
+/// private-key operation, so the answer stays uniform.
+pub fn open_for(bytes: &[u8], candidates: &[&Credential], legacy_des: bool) -> Result<Opened> {
     let envelope = EnvelopedData::parse(bytes).map_err(|_| Error::Undecryptable)?;
     let cipher = envelope.cipher().ok_or_else(|| {
         Error::UnsupportedAlgorithm(format!("content encryption {}", envelope.cipher_oid))
@@ -333,8 +350,8 @@ pub fn open(bytes: &[u8], decrypter: &Credential, legacy_des: bool) -> Result<Op
             cipher.name()
         )));
     }
-    let recipient = envelope
-        .recipient_for(&decrypter.certificate)
+    let (decrypter, recipient) = envelope
+        .addressed(candidates)
         .ok_or_else(|| Error::UnsupportedAlgorithm("no key transport recipient".into()))?;
     let padding = recipient
         .padding

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::routes::{self, Limits};
 use crate::config::{ConfigError, ServerConfig, TlsConfig};
-use crate::service::Gateway;
+use crate::reload::Live;
 
 /// hyper's HTTP/2 header list default is 16 KiB; an Intune challenge makes a GET
 /// PKIOperation URI tens of KiB long, so allow what HTTP/1 allows (65,534 bytes) and more.
@@ -32,13 +32,13 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     config: ServerConfig,
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
 }
 
 impl Server {
     /// Binds the listen address (and loads the TLS certificate) so that start-up errors
     /// appear before anything is served.
-    pub async fn bind(config: ServerConfig, gateway: Arc<Gateway>) -> Result<Self, ConfigError> {
+    pub async fn bind(config: ServerConfig, live: Arc<Live>) -> Result<Self, ConfigError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -51,7 +51,7 @@ impl Server {
             listener,
             tls,
             config,
-            gateway,
+            live,
         })
     }
 
@@ -113,14 +113,15 @@ impl Server {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let gateway = self.gateway.clone();
+            let live = self.live.clone();
             let builder = builder.clone();
             let tls = self.tls.clone();
             let watcher = graceful.watcher();
             let handshake_timeout = Duration::from_secs(self.config.header_timeout_secs);
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = service_fn(move |req| routes::handle(gateway.clone(), limits, req));
+                // Each request takes the gateway current when it arrives (see `reload`).
+                let service = service_fn(move |req| routes::handle(live.get(), limits, req));
                 let result = match tls {
                     None => {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);

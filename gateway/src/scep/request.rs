@@ -141,7 +141,7 @@ impl SignedRequest {
             return Err(Error::Refused("a CertRep is not a request".into()));
         }
         let content = self.signed.content.as_deref().ok_or(Error::Undecryptable)?;
-        let opened = envelope::open(content, &ra.decrypter, policy.legacy_des)?;
+        let opened = envelope::open_for(content, &ra.decrypters(), policy.legacy_des)?;
         let body =
             decode_body(self.header.message_type, &opened.content).ok_or(Error::Undecryptable)?;
         Ok(Request {
@@ -288,6 +288,7 @@ pub(crate) mod tests {
         RaKeys {
             signer: cred.clone(),
             decrypter: cred,
+            previous: Vec::new(),
         }
     }
 

@@ -1,0 +1,65 @@
+//! The running configuration, replaceable while the gateway serves.
+//!
+//! NDES fixes its RA certificates at install time; here they are configuration, and an
+//! operator who rotates the RA certificate, adds a next set, or moves a key into an HSM
+//! edits `gateway.toml` and sends SIGHUP. The new [`Gateway`] is built beside the old one
+//! (every check of a start runs again); only when it is complete does it replace the old
+//! one. Requests already running keep the `Arc` of the gateway they started with, so
+//! nothing in flight is dropped. A configuration that does not load leaves the running
+//! one in place.
+//!
+//! What a reload does not change: the listen address, TLS and the other `[server]`
+//! settings (they belong to the socket), and the store when `[store]` is unchanged (the
+//! same store is kept, so in-process transactions survive the reload).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::config::{ConfigError, FileConfig};
+use crate::service::Gateway;
+
+/// The current gateway and the file it came from.
+#[derive(Debug)]
+pub struct Live {
+    path: PathBuf,
+    current: RwLock<(Arc<Gateway>, FileConfig)>,
+}
+
+impl Live {
+    pub fn new(path: &Path, config: FileConfig, gateway: Arc<Gateway>) -> Self {
+        Live {
+            path: path.to_owned(),
+            current: RwLock::new((gateway, config)),
+        }
+    }
+
+    /// The gateway to serve the next request with. The lock is held only to clone an
+    /// `Arc`, never across an await.
+    pub fn get(&self) -> Arc<Gateway> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Reads the configuration file again and, if it loads, serves with it from now on.
+    /// Blocks (keys are loaded, an HSM may be opened): call it off the reactor.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let config = FileConfig::load(&self.path)?;
+        let (old_gateway, old_config) = {
+            let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+            (guard.0.clone(), guard.1.clone())
+        };
+        let keep_store = store_settings(&old_config) == store_settings(&config);
+        let store = keep_store.then(|| old_gateway.store.clone());
+        let gateway = Arc::new(Gateway::with_store(&config, store)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (gateway, config);
+        Ok(())
+    }
+}
+
+/// `[store]` as text: equal text, same store.
+fn store_settings(config: &FileConfig) -> String {
+    format!("{:?}", config.store)
+}
