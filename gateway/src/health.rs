@@ -117,6 +117,12 @@ impl Readiness {
     /// out of rotation while it finishes its in-flight requests.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        crate::metrics::readiness(&Report {
+            checks: vec![Check {
+                name: "shutdown",
+                result: Err("draining".into()),
+            }],
+        });
     }
 
     pub fn is_draining(&self) -> bool {
@@ -140,6 +146,7 @@ impl Readiness {
         if !report.ready() {
             tracing::warn!(report = %report.to_json(), "not ready");
         }
+        crate::metrics::readiness(&report);
         *last = Some((Instant::now(), report.clone()));
         report
     }

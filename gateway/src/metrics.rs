@@ -34,6 +34,8 @@ pub const LEGACY_CRYPTO: &str = "scep_legacy_crypto_total";
 pub const BUILD_INFO: &str = "scep_build_info";
 pub const CONFIG_GENERATION: &str = "scep_config_generation";
 pub const SHUTTING_DOWN: &str = "scep_shutting_down";
+pub const READY: &str = "scep_ready";
+pub const READINESS_CHECK: &str = "scep_readiness_check";
 // Not recorded yet: their code paths are other issues' work (see the functions below).
 pub const CA_REQUESTS: &str = "scep_ca_requests_total";
 pub const CA_DURATION: &str = "scep_ca_request_duration_seconds";
@@ -135,6 +137,11 @@ fn describe() {
         "Configuration generation (1 until reloads exist)"
     );
     describe_gauge!(SHUTTING_DOWN, "1 once SIGTERM was received (draining)");
+    describe_gauge!(READY, "1 if the last /readyz evaluation was ready, else 0");
+    describe_gauge!(
+        READINESS_CHECK,
+        "1 if the named readiness check (store, hsm, ...) passed at the last evaluation"
+    );
 }
 
 // --- Requests ------------------------------------------------------------------------
@@ -312,6 +319,19 @@ pub fn gateway_certificates(
         add("tls", tls_leaf);
     }
     served
+}
+
+// --- Readiness -----------------------------------------------------------------------
+
+/// A fresh readiness evaluation (probes run it every few seconds; see
+/// [`crate::health`]): `scep_ready` and one `scep_readiness_check` per named check, so
+/// that an alert can say which dependency is down.
+pub fn readiness(report: &crate::health::Report) {
+    gauge!(READY).set(if report.ready() { 1.0 } else { 0.0 });
+    for check in &report.checks {
+        let ok = if check.result.is_ok() { 1.0 } else { 0.0 };
+        gauge!(READINESS_CHECK, "check" => check.name).set(ok);
+    }
 }
 
 // --- Shutdown ------------------------------------------------------------------------

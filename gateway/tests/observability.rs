@@ -218,6 +218,18 @@ fn metrics_after_enrollments(backend: Backend) {
     );
     assert_eq!(must(&text, "scep_config_generation", &[]), 1.0);
     assert_eq!(must(&text, "scep_shutting_down", &[]), 0.0);
+    // No probe ran yet: readiness gauges appear with the first /readyz.
+    assert_eq!(get(gateway.addr, "/readyz").status, 200);
+    let text = scrape(gateway.addr);
+    assert_eq!(must(&text, "scep_ready", &[]), 1.0);
+    assert_eq!(
+        must(&text, "scep_readiness_check", &[("check", "store")]),
+        1.0
+    );
+    assert_eq!(
+        must(&text, "scep_readiness_check", &[("check", "hsm")]),
+        1.0
+    );
     assert!(!text.contains(CHALLENGE) && !text.contains("not-the-challenge"));
     gateway.assert_healthy();
 }
@@ -287,7 +299,9 @@ fn sigterm_drains_readiness_while_a_slow_request_finishes() {
     assert_eq!(ready.status, 503);
     assert_eq!(ready.body, br#"{"ready":false,"shutdown":"draining"}"#);
     assert_eq!(get(gateway.addr, "/healthz").status, 200);
-    assert_eq!(must(&scrape(gateway.addr), "scep_shutting_down", &[]), 1.0);
+    let text = scrape(gateway.addr);
+    assert_eq!(must(&text, "scep_shutting_down", &[]), 1.0);
+    assert_eq!(must(&text, "scep_ready", &[]), 0.0);
     assert!(signalled.elapsed() < Duration::from_secs(2));
     // After the delay the listener closes; the half-sent request is still served.
     eventually_refused(gateway.addr, Duration::from_secs(5));
