@@ -413,3 +413,46 @@ fn the_json_request_log_has_the_fields_and_no_challenge() {
         }
     }
 }
+
+#[test]
+fn the_redis_store_records_its_round_trips_and_errors() {
+    let mut redis = common::redis::RedisServer::start();
+    let mut gateway = Gateway::start(Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        append: vec![
+            format!("url = \"{}\"", redis.url()),
+            "command_timeout_ms = 300".into(),
+        ],
+        ..Options::default()
+    });
+    let device = Device::new(&gateway, "redis-metrics");
+    let (message, spec) = device.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    assert_eq!(
+        device.send(&gateway, &message, &spec).status,
+        PkiStatus::Success
+    );
+    let text = scrape(gateway.addr);
+    let claim = [("backend", "redis"), ("op", "claim"), ("result", "ok")];
+    assert_eq!(
+        must(&text, "scep_store_command_duration_seconds_count", &claim),
+        1.0
+    );
+    assert!(sample(&text, "scep_store_command_errors_total", &[]).is_none());
+
+    // Redis gone: the next enrollment gets 503, counted as a store error and an HTTP error.
+    redis.stop();
+    let other = Device::new(&gateway, "redis-down");
+    let (message, _) = other.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    let response = post(gateway.addr, "/scep?operation=PKIOperation", &message);
+    assert_eq!(response.status, 503);
+    let text = scrape(gateway.addr);
+    let errors = [("backend", "redis"), ("op", "claim")];
+    assert!(must(&text, "scep_store_command_errors_total", &errors) >= 1.0);
+    let unavailable = [
+        ("operation", "PKIOperation"),
+        ("outcome", "http_error"),
+        ("status", "503"),
+    ];
+    assert_eq!(must(&text, "scep_requests_total", &unavailable), 1.0);
+    gateway.assert_healthy();
+}
