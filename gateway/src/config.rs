@@ -73,6 +73,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// After SIGTERM, `/readyz` answers 503 at once but the listener keeps accepting for
+    /// this long, so that load balancers (Kubernetes endpoints) stop sending new requests
+    /// before it closes. 0 for development; about 5 on Kubernetes.
+    pub shutdown_delay_secs: u64,
+    /// A second listener for `/metrics`, `/healthz` and `/readyz` only (then `/metrics`
+    /// is not served on `listen`), e.g. `127.0.0.1:9090` or a pod port that only the
+    /// monitoring network reaches.
+    pub admin_listen: Option<SocketAddr>,
     /// Optional TLS (rustls). SCEP itself does not need it (the messages are signed and
     /// encrypted), but it hides the challenge of GET requests from the network.
     pub tls: Option<TlsConfig>,
@@ -87,6 +95,8 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             max_connections: 1024,
             shutdown_grace_secs: 20,
+            shutdown_delay_secs: 0,
+            admin_listen: None,
             tls: None,
         }
     }
@@ -412,6 +422,9 @@ impl FileConfig {
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
+        if self.server.admin_listen == Some(self.server.listen) && self.server.listen.port() != 0 {
+            return invalid("server.admin_listen", "must differ from server.listen");
+        }
         if self.ra.encryption_certificate.is_some() != self.ra.encryption_key.is_some() {
             return invalid(
                 "ra.encryption_certificate",
@@ -513,6 +526,11 @@ max_body_bytes = 262144
 header_timeout_secs = 10
 request_timeout_secs = 30
 max_connections = 1024
+# After SIGTERM: /readyz turns 503 at once; keep accepting this long (5 on Kubernetes, so
+# the endpoints update), then give in-flight requests shutdown_grace_secs to finish.
+shutdown_delay_secs = 0
+# A separate listener for /metrics, /healthz and /readyz (then /metrics leaves `listen`):
+# admin_listen = "127.0.0.1:9090"
 shutdown_grace_secs = 20
 # Optional TLS:
 # [server.tls]

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 
 use crate::ca::IssueRequest;
-use crate::cms::algorithms::ContentCipher;
+use crate::cms::algorithms::{ContentCipher, Digest};
 use crate::cms::envelope;
 use crate::cms::signed::CertificateFields;
 use crate::csr::CertificationRequest;
 use crate::error::{Answer, Error, Result};
+use crate::metrics;
 use crate::scep::certrep::{self, Outcome};
 use crate::scep::message::MessageType;
 use crate::scep::request::{Request, RequestBody, RequestHeader, SignedRequest};
@@ -34,6 +35,8 @@ pub struct Summary {
     pub outcome: &'static str,
     /// Why, for the log (never secret material).
     pub detail: Option<String>,
+    /// The CA that issued or answered (PKCSReq, RenewalReq, GetCRL), by its name.
+    pub ca: Option<String>,
 }
 
 /// Handles one pkiMessage and returns the CertRep bytes, or an error answered over HTTP.
@@ -46,6 +49,7 @@ pub async fn pki_operation(
         transaction_id: None,
         outcome: "malformed",
         detail: None,
+        ca: None,
     };
     // Parse, verify and decrypt in one hop to the blocking pool.
     let gw = gateway.clone();
@@ -69,18 +73,28 @@ pub async fn pki_operation(
     };
     summary.message_type = Some(header.message_type);
     summary.transaction_id = Some(header.transaction_id.to_string());
+    if header.digest == Digest::Sha1 {
+        metrics::legacy_crypto("sha1");
+    }
 
     let (cipher, outcome) = match opened {
         Ok(request) => {
             let cipher = request.cipher;
             if cipher.is_legacy() {
                 tracing::info!(transaction_id = %header.transaction_id, cipher = cipher.name(), "legacy content cipher used");
+                metrics::legacy_crypto(cipher.name());
             }
             (Some(cipher), decide(&gateway, request).await)
         }
         Err(e) => (None, Err(e)),
     };
 
+    if matches!(
+        header.message_type,
+        MessageType::PkcsReq | MessageType::RenewalReq | MessageType::GetCrl
+    ) {
+        summary.ca = Some(gateway.ca.name().to_owned());
+    }
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => match e.answer() {

@@ -9,6 +9,7 @@
 //! Liveness (`/healthz`) stays a constant: a dependency outage must not get every replica
 //! restarted.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -93,12 +94,39 @@ async fn keys_health(gateway: &Gateway) -> Result<(), String> {
 #[derive(Debug, Default)]
 pub struct Readiness {
     last: Mutex<Option<(Instant, Report)>>,
+    /// Set once on SIGTERM: from then on the replica is never ready again.
+    draining: AtomicBool,
 }
 
 impl Readiness {
-    /// The current report, from the cache when it is younger than [`CACHE_FOR`].
+    /// The current report, from the cache when it is younger than [`CACHE_FOR`]; while
+    /// draining, `{"ready":false,"shutdown":"draining"}` at once, without the cache.
     pub async fn report(&self, gateway: &Gateway) -> Report {
+        if self.is_draining() {
+            return Report {
+                checks: vec![Check {
+                    name: "shutdown",
+                    result: Err("draining".into()),
+                }],
+            };
+        }
         self.cached(|| checks(gateway)).await
+    }
+
+    /// SIGTERM: answer not-ready from now on, so that load balancers take this replica
+    /// out of rotation while it finishes its in-flight requests.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        crate::metrics::readiness(&Report {
+            checks: vec![Check {
+                name: "shutdown",
+                result: Err("draining".into()),
+            }],
+        });
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     async fn cached<F, Fut>(&self, run: F) -> Report
@@ -118,6 +146,7 @@ impl Readiness {
         if !report.ready() {
             tracing::warn!(report = %report.to_json(), "not ready");
         }
+        crate::metrics::readiness(&report);
         *last = Some((Instant::now(), report.clone()));
         report
     }
@@ -150,7 +179,7 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod init;
+pub mod metrics;
 pub mod ra;
 pub mod reload;
 pub mod scep;

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use scep_gateway::config::FileConfig;
 use scep_gateway::http::server::Server;
 use scep_gateway::init;
+use scep_gateway::metrics;
 use scep_gateway::reload::Live;
 use scep_gateway::service::Gateway;
 
@@ -157,12 +158,36 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        // Before any key is loaded, so that their first operations are recorded.
+        metrics::install();
         let gateway = Arc::new(Gateway::from_config(&config).map_err(|e| e.to_string())?);
         let live = Arc::new(Live::new(&config_path, config.clone(), gateway.clone()));
         reload_on_sighup(live.clone());
-        let server = Server::bind(config.server.clone(), live)
+        let server = Server::bind(config.server.clone(), live.clone())
             .await
             .map_err(|e| e.to_string())?;
+        let admin = Server::bind_admin(config.server.clone(), live.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls_chain = match &config.server.tls {
+            Some(tls) => {
+                scep_gateway::service::load_certificates("server.tls.certificate", &tls.certificate)
+                    .map_err(|e| e.to_string())?
+            }
+            None => Vec::new(),
+        };
+        metrics::served_certificates(metrics::gateway_certificates(&gateway, &tls_chain));
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                metrics::run_upkeep();
+            }
+        });
+        // Printed before the main line, which tests and scripts wait for.
+        if let Some(admin) = &admin {
+            println!("admin (metrics, probes) on http://{}", admin.local_addr());
+        }
         let scheme = if server.is_tls() { "https" } else { "http" };
         let fingerprint = init::fingerprint(&gateway.ca.chain()[0]);
         println!(
@@ -179,7 +204,19 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
             println!("  challenge:  in {}", p.display());
         }
         tracing::info!(listen = %server.local_addr(), "serving");
+        // The admin listener outlives the main one's drain, so that probes keep
+        // seeing /readyz 503 until the process exits.
+        let (stopped, admin_stop) = tokio::sync::oneshot::channel::<()>();
+        let admin = admin.map(|admin| {
+            tokio::spawn(admin.run(async {
+                let _ = admin_stop.await;
+            }))
+        });
         server.run(shutdown_signal()).await;
+        let _ = stopped.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         Ok(())
     })
 }

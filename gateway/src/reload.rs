@@ -53,7 +53,11 @@ impl Live {
         };
         let keep_store = store_settings(&old_config) == store_settings(&config);
         let store = keep_store.then(|| old_gateway.store.clone());
-        let gateway = Arc::new(Gateway::with_store(&config, store)?);
+        let mut gateway = Gateway::with_store(&config, store)?;
+        // Readiness carries the draining state of a shutdown in progress: keep it.
+        gateway.readiness = old_gateway.readiness.clone();
+        crate::metrics::config_reloaded(&gateway);
+        let gateway = Arc::new(gateway);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (gateway, config);
         Ok(())
     }

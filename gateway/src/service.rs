@@ -24,6 +24,7 @@ use crate::config::{
     ChallengeConfig, ConfigError, FileConfig, KeyRef, RenewalConfig, StoreBackend, StoreConfig,
 };
 use crate::health::Readiness;
+use crate::metrics;
 use crate::ra::{Credential, RaKeys};
 use crate::scep::cacert::{self, CaCertAnswer};
 use crate::scep::capabilities::Capabilities;
@@ -50,7 +51,7 @@ pub struct Gateway {
     /// Every RA and CA key by its setting name, for the readiness check.
     pub keys: Vec<(&'static str, Arc<dyn Key>)>,
     /// `/readyz`, cached.
-    pub readiness: Readiness,
+    pub readiness: Arc<Readiness>,
 }
 
 impl Gateway {
@@ -221,7 +222,7 @@ impl Gateway {
             next_ca_cert: next,
             claim_lease,
             keys,
-            readiness: Readiness::default(),
+            readiness: Arc::default(),
         })
     }
 }
@@ -318,6 +319,7 @@ pub fn load_key(
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+            key.set_observer(metrics::key_observer(setting));
             Ok(Arc::new(key))
         }
         KeyRef::Pkcs11 { pkcs11 } => {
@@ -326,7 +328,11 @@ pub fn load_key(
                 reason: e.to_string(),
             })?;
             tracing::info!(setting, key = %pkcs11.describe(), algorithm = ?key.algorithm(), "PKCS#11 key opened");
-            Ok(Arc::new(key))
+            key.set_observer(metrics::key_observer(setting));
+            let key = Arc::new(key);
+            let sampled = key.clone();
+            metrics::hsm_sessions(setting, Box::new(move || sampled.sessions()));
+            Ok(key)
         }
     }
 }

@@ -4,6 +4,8 @@
 //! same machine), which keeps an enrollment's cost at its three private operations.
 
 use std::path::Path;
+use std::sync::RwLock;
+use std::time::Instant;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rand::SystemRandom;
@@ -14,6 +16,7 @@ use aws_lc_rs::rsa::{
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use zeroize::Zeroizing;
 
+use crate::observe::Observer;
 use crate::{DecryptPadding, Key, KeyAlgorithm, KeyError, SignatureAlgorithm};
 
 /// A private key in memory.
@@ -23,6 +26,9 @@ pub struct SoftwareKey {
     inner: Inner,
     /// The PKCS#8 document, kept only so that `init` can write a freshly generated key out.
     pkcs8: Zeroizing<Vec<u8>>,
+    /// Receives each operation's duration, as a PKCS#11 key's does: one metrics path for
+    /// every key, wherever it lives.
+    observer: RwLock<Option<Observer>>,
 }
 
 enum Inner {
@@ -106,6 +112,7 @@ impl SoftwareKey {
                     bits,
                 },
                 pkcs8: Zeroizing::new(pkcs8.to_vec()),
+                observer: RwLock::new(None),
             });
         }
         for (alg, algorithm) in [
@@ -130,6 +137,7 @@ impl SoftwareKey {
                     spki,
                     inner: Inner::Ec { pair, algorithm },
                     pkcs8: Zeroizing::new(pkcs8.to_vec()),
+                    observer: RwLock::new(None),
                 });
             }
         }
@@ -191,6 +199,38 @@ impl Key for SoftwareKey {
     }
 
     fn sign(&self, alg: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let started = Instant::now();
+        let result = self.sign_now(alg, message);
+        self.observe("sign", started, &result);
+        result
+    }
+
+    fn decrypt(
+        &self,
+        padding: DecryptPadding,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let started = Instant::now();
+        let result = self.decrypt_now(padding, ciphertext);
+        self.observe("decrypt", started, &result);
+        result
+    }
+}
+
+impl SoftwareKey {
+    /// Sets the hook that receives the duration of every sign and decrypt of this key.
+    pub fn set_observer(&self, observer: Observer) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    fn observe<T>(&self, op: &str, started: Instant, result: &Result<T, KeyError>) {
+        let observer = self.observer.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(observer) = observer.as_ref() {
+            observer(op, &self.label, started.elapsed(), result.is_ok());
+        }
+    }
+
+    fn sign_now(&self, alg: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let rng = SystemRandom::new();
         match (&self.inner, alg) {
             (Inner::Rsa { signing, .. }, _) => {
@@ -223,7 +263,7 @@ impl Key for SoftwareKey {
         }
     }
 
-    fn decrypt(
+    fn decrypt_now(
         &self,
         padding: DecryptPadding,
         ciphertext: &[u8],

@@ -46,4 +46,10 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
     /// Whether `certificate` (DER) was issued by this CA and is still valid: the
     /// condition for accepting a RenewalReq signed with it.
     fn issued_and_valid(&self, certificate: &[u8]) -> bool;
+
+    /// The CA's name for the request log and metrics (never a URL with credentials).
+    /// The embedded CA keeps this default; every other CA overrides it.
+    fn name(&self) -> &str {
+        "embedded"
+    }
 }

@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::query::{decode_message, ScepQuery};
 use crate::enroll::{self, Summary};
 use crate::error::{Answer, Error};
+use crate::metrics;
 use crate::service::Gateway;
 
 /// `application/x-pki-message`: the content type of a PKIOperation reply (§4.3).
@@ -30,6 +31,15 @@ const SCEP_PATHS: &[&str] = &[
     "/cgi-bin/pkiclient.exe",
 ];
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// SCEP and the probes; `/metrics` too unless an admin listener serves it.
+    Public { metrics: bool },
+    /// `[server] admin_listen`: `/metrics`, `/healthz` and `/readyz` only.
+    Admin,
+}
+
 /// The bounds a route enforces on one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -42,14 +52,16 @@ pub struct Limits {
 pub async fn handle(
     gateway: Arc<Gateway>,
     limits: Limits,
+    role: Role,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let operation = ScepQuery::parse(request.uri().query().unwrap_or("")).operation;
+    let scep = role != Role::Admin && SCEP_PATHS.contains(&path.as_str());
     let deadline = tokio::time::Instant::now() + limits.request_timeout;
-    let work = route(gateway, limits, deadline, request);
+    let work = route(gateway, limits, role, deadline, request);
     let (response, summary) = match tokio::time::timeout_at(deadline, work).await {
         Ok(done) => done,
         Err(_) => (
@@ -61,13 +73,18 @@ pub async fn handle(
         ),
     };
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if scep {
+        metrics::request(operation.as_deref(), summary.as_ref(), status, elapsed);
+    }
     match summary {
         Some(s) => tracing::info!(
-            %method, %path, operation = operation.as_deref().unwrap_or(""),
+            %method, %path, operation = operation.as_deref().unwrap_or("PKIOperation"),
             message_type = s.message_type.map(|m| m.name()).unwrap_or(""),
             transaction_id = s.transaction_id.as_deref().unwrap_or(""),
             outcome = s.outcome, detail = s.detail.as_deref().unwrap_or(""),
+            ca = s.ca.as_deref().unwrap_or(""),
             status, latency_ms, "scep request"
         ),
         None => {
@@ -81,6 +98,7 @@ pub async fn handle(
 async fn route(
     gateway: Arc<Gateway>,
     limits: Limits,
+    role: Role,
     deadline: tokio::time::Instant,
     request: Request<Incoming>,
 ) -> (Response<Full<Bytes>>, Option<Summary>) {
@@ -88,7 +106,10 @@ async fn route(
     match path {
         "/healthz" => return (plain(StatusCode::OK, "ok\n"), None),
         "/readyz" => return (readyz(&gateway).await, None),
-        _ if !SCEP_PATHS.contains(&path) => {
+        "/metrics" if matches!(role, Role::Admin | Role::Public { metrics: true }) => {
+            return (prometheus(), None)
+        }
+        _ if role == Role::Admin || !SCEP_PATHS.contains(&path) => {
             return (plain(StatusCode::NOT_FOUND, "not found\n"), None)
         }
         _ => {}
@@ -165,7 +186,8 @@ async fn route(
     }
 }
 
-/// 200 `{"ready":true}` or 503 `{"ready":false,"store":"<reason>"}` (see [`crate::health`]).
+/// 200 `{"ready":true}` or 503 `{"ready":false,"store":"<reason>"}`, and
+/// `{"ready":false,"shutdown":"draining"}` after SIGTERM (see [`crate::health`]).
 async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
     let report = gateway.readiness.report(gateway).await;
     let status = if report.ready() {
@@ -174,6 +196,15 @@ async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     with_type(status, "application/json", Bytes::from(report.to_json()))
+}
+
+/// The Prometheus text exposition (version 0.0.4).
+fn prometheus() -> Response<Full<Bytes>> {
+    with_type(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(metrics::render()),
+    )
 }
 
 async fn pki_operation(

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::routes::{self, Limits};
+use super::routes::{self, Limits, Role};
 use crate::config::{ConfigError, ServerConfig, TlsConfig};
 use crate::reload::Live;
 
@@ -33,6 +33,7 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     config: ServerConfig,
     live: Arc<Live>,
+    role: Role,
 }
 
 impl Server {
@@ -47,12 +48,46 @@ impl Server {
                     reason: format!("cannot listen on {}: {e}", config.listen),
                 })?;
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let role = Role::Public {
+            metrics: config.admin_listen.is_none(),
+        };
         Ok(Server {
             listener,
             tls,
             config,
             live,
+            role,
         })
+    }
+
+    /// Binds `[server] admin_listen`, if set: plain HTTP, `/metrics` and the probes only.
+    /// It stops with the main listener (see [`Server::run`]'s caller), so that probes
+    /// see `/readyz` 503 for the whole drain.
+    pub async fn bind_admin(
+        config: ServerConfig,
+        live: Arc<Live>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(addr) = config.admin_listen else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ConfigError::Invalid {
+                setting: "server.admin_listen",
+                reason: format!("cannot listen on {addr}: {e}"),
+            })?;
+        Ok(Some(Server {
+            listener,
+            tls: None,
+            config: ServerConfig {
+                // Probes and scrapes are small and quick; no drain delay of its own.
+                shutdown_delay_secs: 0,
+                max_connections: 64,
+                ..config
+            },
+            live,
+            role: Role::Admin,
+        }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -65,9 +100,25 @@ impl Server {
         self.tls.is_some()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and gives in-flight
-    /// requests `shutdown_grace_secs` to finish.
+    /// Serves until `shutdown` completes; then `/readyz` answers 503 at once, the
+    /// listener keeps accepting for `shutdown_delay_secs` (so that load balancers stop
+    /// sending first), stops, and in-flight requests get `shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let role = self.role;
+        let live = self.live.clone();
+        let delay = Duration::from_secs(self.config.shutdown_delay_secs);
+        let shutdown = async move {
+            shutdown.await;
+            if role != Role::Admin {
+                live.get().readiness.start_draining();
+                crate::metrics::shutting_down();
+                tracing::info!(
+                    delay_secs = delay.as_secs(),
+                    "draining: /readyz answers 503; still accepting for the delay"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        };
         let limits = Limits {
             max_body_bytes: self.config.max_body_bytes,
             request_timeout: Duration::from_secs(self.config.request_timeout_secs),
@@ -121,7 +172,7 @@ impl Server {
             tokio::spawn(async move {
                 let _permit = permit;
                 // Each request takes the gateway current when it arrives (see `reload`).
-                let service = service_fn(move |req| routes::handle(live.get(), limits, req));
+                let service = service_fn(move |req| routes::handle(live.get(), limits, role, req));
                 let result = match tls {
                     None => {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);

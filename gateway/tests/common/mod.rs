@@ -72,6 +72,8 @@ pub struct Options {
     pub extra_config: Vec<(String, String)>,
     /// Lines appended to gateway.toml, i.e. to its last table (`[store]`).
     pub append: Vec<String>,
+    /// Extra environment of `serve` (e.g. `SCEP_LOG_FORMAT=json`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A development PKI and its gateway.toml, made by `scep-gateway init`: several gateways
@@ -86,7 +88,7 @@ impl Pki {
     pub fn init(options: &Options) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
-        let env = match options.backend {
+        let mut env = match options.backend {
             Backend::Software => Vec::new(),
             Backend::SoftHsm => softhsm_token(dir.path()),
         };
@@ -126,6 +128,7 @@ impl Pki {
             text.push('\n');
         }
         std::fs::write(&config, text).unwrap();
+        env.extend(options.env.iter().cloned());
         Pki { dir, env }
     }
 
@@ -154,6 +157,8 @@ pub struct Gateway {
     pki: PathBuf,
     env: Vec<(String, String)>,
     pub addr: SocketAddr,
+    /// The `[server] admin_listen` address, when one is configured.
+    pub admin: Option<SocketAddr>,
     child: Child,
     log: PathBuf,
 }
@@ -189,21 +194,25 @@ impl Gateway {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = stdout.lines();
+            let mut admin = None;
             for line in lines.by_ref() {
                 let Ok(line) = line else { break };
+                // The admin line comes first, when there is one.
+                if let Some((_, url)) = line.trim().split_once("admin (metrics, probes) on ") {
+                    admin = url.split("://").nth(1).and_then(|a| a.parse().ok());
+                }
                 if let Some((_, url)) = line.trim().split_once("listening on ") {
                     let host_port = url.split("://").nth(1).unwrap_or("");
-                    let _ = tx.send(host_port.trim_end_matches("/scep").to_owned());
+                    let _ = tx.send((host_port.trim_end_matches("/scep").to_owned(), admin));
                     break;
                 }
             }
             // Keep draining stdout so the child never blocks on a full pipe.
             for _ in lines {}
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .and_then(|a| a.parse().ok());
+        let started = rx.recv_timeout(Duration::from_secs(60)).ok();
+        let admin = started.as_ref().and_then(|(_, admin)| *admin);
+        let addr = started.and_then(|(a, _)| a.parse().ok());
         let Some(addr) = addr else {
             let _ = child.kill();
             panic!(
@@ -216,6 +225,7 @@ impl Gateway {
             pki,
             env,
             addr,
+            admin,
             child,
             log,
         }
@@ -453,10 +463,20 @@ impl Gateway {
 
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.signal_term();
+        self.wait(within)
+    }
+
+    /// Sends SIGTERM and returns at once (the gateway starts draining).
+    pub fn signal_term(&self) {
         Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
+    }
+
+    /// Waits up to `within` for the process to exit; returns the exit status.
+    pub fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {

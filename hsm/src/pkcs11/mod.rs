@@ -37,6 +37,7 @@ use zeroize::Zeroizing;
 pub use config::{read_pin, Pin, Pkcs11KeyConfig};
 pub use error::Pkcs11Error;
 pub use mechanisms::Purpose;
+pub use pool::SessionCounts;
 
 use crate::observe::Observer;
 use crate::{DecryptPadding, Key, KeyAlgorithm, KeyError, SignatureAlgorithm};
@@ -170,6 +171,11 @@ impl Pkcs11Key {
     /// Sets the hook that receives the duration of every operation of this key.
     pub fn set_observer(&self, observer: Observer) {
         *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    /// The token's session pool now (shared by every key of the token).
+    pub fn sessions(&self) -> SessionCounts {
+        self.token.pool.counts()
     }
 
     /// The mechanisms of interest that the token offers.

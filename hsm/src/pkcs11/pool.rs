@@ -38,6 +38,17 @@ struct State {
     generation: u64,
 }
 
+/// A snapshot of a pool's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Lent out to an operation now.
+    pub in_use: usize,
+    /// Open and free.
+    pub idle: usize,
+    /// The pool's size: `max - in_use` more operations can start without waiting.
+    pub max: usize,
+}
+
 /// Why no session could be had.
 pub(crate) enum GetError {
     /// Every session stayed busy for [`WAIT`].
@@ -78,6 +89,17 @@ impl SessionPool {
                 generation: 0,
             }),
             returned: Condvar::new(),
+        }
+    }
+
+    /// How many sessions are lent out, idle, and at most open: for a gauge, so that an
+    /// operator sees a pool that is always full before requests start to wait.
+    pub(crate) fn counts(&self) -> SessionCounts {
+        let state = lock(&self.state);
+        SessionCounts {
+            in_use: state.open.saturating_sub(state.idle.len()),
+            idle: state.idle.len(),
+            max: self.size,
         }
     }
 
