@@ -13,6 +13,10 @@ use scep_hsm::Pkcs11KeyConfig;
 use serde::Deserialize;
 
 use crate::ca::embedded::EmbeddedCaConfig;
+use crate::challenge::intune::IntuneConfig;
+use crate::challenge::one_time::OneTimeConfig;
+use crate::challenge::policy::CsrPolicyConfig;
+use crate::challenge::webhook::WebhookConfig;
 
 /// Why the configuration cannot be used. Every message names the setting and, where
 /// there is one, the file.
@@ -173,7 +177,7 @@ impl<'de> Deserialize<'de> for KeyRef {
 
 impl KeyRef {
     /// Relative key files and PIN files are relative to the config file.
-    fn resolve(&mut self, base: &Path) {
+    pub(crate) fn resolve(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -211,7 +215,9 @@ pub struct CryptoConfig {
     pub legacy_sha1: bool,
 }
 
-/// `[challenge]`: how a PKCSReq's challengePassword is checked.
+/// `[challenge]`: how a PKCSReq's challengePassword is checked (README, "Challenges").
+/// Every mode takes an optional `[challenge.policy]` table
+/// ([`crate::challenge::policy::CsrPolicyConfig`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "mode", rename_all = "kebab-case")]
 pub enum ChallengeConfig {
@@ -220,10 +226,51 @@ pub enum ChallengeConfig {
     Static {
         password_file: Option<PathBuf>,
         password_env: Option<String>,
+        #[serde(default)]
+        policy: Option<CsrPolicyConfig>,
     },
+    /// Single-use passwords from the admin endpoint or `scep-gateway challenge new`.
+    OneTime(OneTimeConfig),
+    /// An HTTP service decides.
+    Webhook(WebhookConfig),
+    /// Microsoft Intune's SCEP validation API.
+    Intune(IntuneConfig),
     /// No challenge at all: anyone who can reach the gateway gets a certificate. Only
     /// for closed test networks; logged loudly at start.
-    None,
+    None {
+        #[serde(default)]
+        policy: Option<CsrPolicyConfig>,
+    },
+}
+
+impl ChallengeConfig {
+    /// The `[challenge.policy]` table, whatever the mode.
+    pub fn policy(&self) -> Option<&CsrPolicyConfig> {
+        match self {
+            ChallengeConfig::Static { policy, .. } | ChallengeConfig::None { policy } => {
+                policy.as_ref()
+            }
+            ChallengeConfig::OneTime(c) => c.policy.as_ref(),
+            ChallengeConfig::Webhook(c) => c.policy.as_ref(),
+            ChallengeConfig::Intune(c) => c.policy.as_ref(),
+        }
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        match self {
+            ChallengeConfig::Static { password_file, .. } => {
+                crate::challenge::http::resolve(password_file, base)
+            }
+            ChallengeConfig::OneTime(c) => {
+                for token in &mut c.admin_tokens {
+                    crate::challenge::http::resolve(&mut token.token_file, base);
+                }
+            }
+            ChallengeConfig::Webhook(c) => c.resolve(base),
+            ChallengeConfig::Intune(c) => c.resolve(base),
+            ChallengeConfig::None { .. } => {}
+        }
+    }
 }
 
 /// `[renewal]`: RenewalReq policy (RFC 8894 §3.3.1.2).
@@ -368,13 +415,7 @@ impl FileConfig {
             fix(&mut tls.certificate);
             fix(&mut tls.key);
         }
-        if let ChallengeConfig::Static {
-            password_file: Some(p),
-            ..
-        } = &mut self.challenge
-        {
-            fix(p);
-        }
+        self.challenge.resolve(base);
         if let Some(next) = &mut self.next {
             next.certificates.iter_mut().for_each(fix);
         }
@@ -404,6 +445,7 @@ impl FileConfig {
         if let ChallengeConfig::Static {
             password_file,
             password_env,
+            ..
         } = &self.challenge
         {
             if password_file.is_some() == password_env.is_some() {

@@ -3,9 +3,8 @@
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::Challenge;
+use super::{presented, Challenge, ChallengeContext, Validated};
 use crate::ca::BoxFuture;
-use crate::csr::CertificationRequest;
 use crate::error::{Error, Result};
 
 /// The shared secret, kept only as its SHA-256 so that comparing takes the same time
@@ -41,14 +40,14 @@ impl StaticChallenge {
 }
 
 impl Challenge for StaticChallenge {
-    fn validate<'a>(&'a self, csr: &'a CertificationRequest) -> BoxFuture<'a, Result<()>> {
-        let result = match csr.challenge_password() {
-            Some(p) if self.matches(p) => Ok(()),
-            Some(_) => Err(Error::Refused("the challenge password is wrong".into())),
-            None => Err(Error::Refused(
-                "the request carries no challenge password".into(),
-            )),
-        };
+    fn validate<'a>(&'a self, ctx: &'a ChallengeContext<'a>) -> BoxFuture<'a, Result<Validated>> {
+        let result = presented(ctx).and_then(|p| {
+            if self.matches(p) {
+                Ok(Validated::default())
+            } else {
+                Err(Error::Refused("the challenge password is wrong".into()))
+            }
+        });
         Box::pin(std::future::ready(result))
     }
 

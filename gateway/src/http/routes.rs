@@ -88,6 +88,10 @@ async fn route(
     match path {
         "/healthz" => return (plain(StatusCode::OK, "ok\n"), None),
         "/readyz" => return (readyz(&gateway).await, None),
+        super::admin::CHALLENGES => return (super::admin::handle(&gateway, request).await, None),
+        _ if super::admin::MSCEP_ADMIN.contains(&path) => {
+            return (super::admin::handle(&gateway, request).await, None)
+        }
         _ if !SCEP_PATHS.contains(&path) => {
             return (plain(StatusCode::NOT_FOUND, "not found\n"), None)
         }
@@ -95,6 +99,7 @@ async fn route(
     }
     let query = ScepQuery::parse(request.uri().query().unwrap_or(""));
     let method = request.method().clone();
+    let peer = request.extensions().get::<super::PeerAddr>().map(|p| p.0);
     // A POST without an operation can only be a PKIOperation.
     let operation = match (&query.operation, &method) {
         (Some(op), _) => op.clone(),
@@ -141,7 +146,7 @@ async fn route(
                 );
             };
             match decode_message(raw) {
-                Ok(bytes) => pki_operation(gateway, Bytes::from(bytes)).await,
+                Ok(bytes) => pki_operation(gateway, Bytes::from(bytes), peer).await,
                 Err(e) => (error_response(&e), None),
             }
         }
@@ -150,7 +155,7 @@ async fn route(
             // future): a client that stops sending is told 408, not our 503.
             let body = tokio::time::timeout_at(deadline, read_body(request, limits.max_body_bytes));
             match body.await.unwrap_or(Err(Error::BodyTimeout)) {
-                Ok(body) => pki_operation(gateway, body).await,
+                Ok(body) => pki_operation(gateway, body, peer).await,
                 Err(e) => (error_response(&e), None),
             }
         }
@@ -179,8 +184,9 @@ async fn readyz(gateway: &Gateway) -> Response<Full<Bytes>> {
 async fn pki_operation(
     gateway: Arc<Gateway>,
     message: Bytes,
+    peer: Option<std::net::SocketAddr>,
 ) -> (Response<Full<Bytes>>, Option<Summary>) {
-    let (result, summary) = enroll::pki_operation(gateway, message).await;
+    let (result, summary) = enroll::pki_operation_from(gateway, message, peer).await;
     let response = match result {
         Ok(reply) => with_type(StatusCode::OK, PKI_MESSAGE, Bytes::from(reply)),
         Err(e) => error_response(&e),

@@ -113,7 +113,10 @@ impl Server {
             let handshake_timeout = Duration::from_secs(self.config.header_timeout_secs);
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = service_fn(move |req| routes::handle(gateway.clone(), limits, req));
+                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(super::PeerAddr(peer));
+                    routes::handle(gateway.clone(), limits, req)
+                });
                 let result = match tls {
                     None => {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
