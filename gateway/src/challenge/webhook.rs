@@ -242,12 +242,25 @@ impl WebhookChallenge {
     }
 }
 
+/// The messageType as RFC 8894 §3.2.1.2 spells it.
+fn rfc_name(message_type: crate::scep::message::MessageType) -> &'static str {
+    use crate::scep::message::MessageType;
+    match message_type {
+        MessageType::PkcsReq => "PKCSReq",
+        MessageType::RenewalReq => "RenewalReq",
+        MessageType::CertPoll => "CertPoll",
+        MessageType::GetCert => "GetCert",
+        MessageType::GetCrl => "GetCRL",
+        MessageType::CertRep => "CertRep",
+    }
+}
+
 impl Challenge for WebhookChallenge {
     fn validate<'a>(&'a self, ctx: &'a ChallengeContext<'a>) -> BoxFuture<'a, Result<Validated>> {
         Box::pin(async move {
             let document = ValidationRequest {
                 transaction_id: ctx.transaction_id,
-                message_type: ctx.message_type.name(),
+                message_type: rfc_name(ctx.message_type),
                 csr: base64::engine::general_purpose::STANDARD.encode(ctx.csr.as_der()),
                 subject: ctx.csr.subject(),
                 common_name: ctx.csr.common_name(),
