@@ -234,7 +234,7 @@ pub enum ChallengeConfig {
     /// An HTTP service decides.
     Webhook(WebhookConfig),
     /// Microsoft Intune's SCEP validation API.
-    Intune(IntuneConfig),
+    Intune(Box<IntuneConfig>),
     /// No challenge at all: anyone who can reach the gateway gets a certificate. Only
     /// for closed test networks; logged loudly at start.
     None {
@@ -580,6 +580,13 @@ legacy_sha1 = false
 mode = "static"
 password_file = "{challenge_file}"
 # or: password_env = "SCEP_CHALLENGE"
+# Other modes (README, "Challenges"): "one-time" (admin endpoint and `challenge new`),
+# "webhook" (your HTTP service decides), "intune" (Intune's SCEP validation API).
+# Any mode may add a CSR policy:
+# [challenge.policy]
+# allowed_key_types = ["rsa", "ec"]
+# min_rsa_bits = 2048
+# subject_pattern = "CN=[a-z0-9-]+(,.*)?"
 
 [renewal]
 # RenewalReq signed by a valid certificate of this CA needs no challenge.

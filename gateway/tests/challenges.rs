@@ -525,8 +525,7 @@ fn fake_intune(base: Arc<Mutex<String>>, state: Arc<Mutex<IntuneState>>) -> mock
         {
             if r.method != "GET"
                 || r.header("authorization") != Some(&format!("Bearer {GRAPH_TOKEN}"))
-                || r.header("client-request-id")
-                    .map_or(true, |v| v.len() != 36)
+                || r.header("client-request-id").is_none_or(|v| v.len() != 36)
             {
                 return violation("discovery headers");
             }
@@ -547,8 +546,7 @@ fn fake_intune(base: Arc<Mutex<String>>, state: Arc<Mutex<IntuneState>>) -> mock
         if r.method != "POST"
             || r.header("authorization") != Some(&format!("Bearer {INTUNE_TOKEN}"))
             || r.header("content-type") != Some("application/json")
-            || r.header("client-request-id")
-                .map_or(true, |v| v.len() != 36)
+            || r.header("client-request-id").is_none_or(|v| v.len() != 36)
             || r.header("api-version") != Some("2018-02-20")
             || r.header("useragent")
                 .is_none_or(|v| !v.starts_with("scep-gateway/"))
