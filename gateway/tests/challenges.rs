@@ -840,3 +840,40 @@ fn intune_token_endpoint_down_is_a_clear_failure() {
     gateway.assert_healthy();
     assert!(!gateway.log().contains(CLIENT_SECRET));
 }
+
+// ------------------------------------------------------------------------- CSR policy
+
+/// `[challenge.policy]` in front of the static mode: a CSR against it is refused before
+/// the challenge is looked at, naming the rule.
+#[test]
+fn csr_policy_refuses_small_keys_and_foreign_subjects() {
+    let pki = Pki::init(&Options::default());
+    let text = std::fs::read_to_string(pki.config()).unwrap().replace(
+        "[renewal]",
+        "[challenge.policy]\nallowed_key_types = [\"rsa\"]\nmin_rsa_bits = 3072\nsubject_pattern = \"CN=kiosk-[0-9]+\"\n\n[renewal]",
+    );
+    std::fs::write(pki.config(), text).unwrap();
+    let gateway = pki.serve();
+    let text = Device::new("kiosk-1")
+        .enroll(gateway.addr, common::CHALLENGE)
+        .assert_bad_request();
+    assert!(
+        text.contains("CSR policy") && text.contains("3072"),
+        "{text}"
+    );
+
+    let big = |cn: &str| {
+        let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 3072).unwrap());
+        Device {
+            requester: Requester::self_signed(key, &common_name(cn).unwrap()).unwrap(),
+            cn: cn.into(),
+        }
+    };
+    let text = big("laptop-1")
+        .enroll(gateway.addr, common::CHALLENGE)
+        .assert_bad_request();
+    assert!(text.contains("subject_pattern"), "{text}");
+    big("kiosk-2")
+        .enroll(gateway.addr, common::CHALLENGE)
+        .assert_success();
+}
