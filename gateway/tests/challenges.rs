@@ -506,7 +506,11 @@ fn fake_intune(base: Arc<Mutex<String>>, state: Arc<Mutex<IntuneState>>) -> mock
             if r.method != "POST"
                 || field("grant_type") != Some("client_credentials")
                 || field("client_id") != Some(CLIENT_ID)
-                || field("client_secret") != Some(CLIENT_SECRET)
+                || !(field("client_secret") == Some(CLIENT_SECRET)
+                    || (field("client_secret").is_none()
+                        && field("client_assertion_type")
+                            == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                        && field("client_assertion").is_some()))
             {
                 return violation("token form");
             }
@@ -624,6 +628,12 @@ struct IntuneFixture {
 }
 
 fn intune_fixture(token_up: bool) -> IntuneFixture {
+    intune_fixture_with(token_up, false)
+}
+
+/// `certificate`: authenticate with a certificate credential (`app.pem`, `app.key` in the
+/// TLS folder) instead of the client secret.
+fn intune_fixture_with(token_up: bool, certificate: bool) -> IntuneFixture {
     let tls = tempfile::tempdir().unwrap();
     let (ca, cert, key) = mock::tls_files(tls.path());
     let state = Arc::new(Mutex::new(IntuneState {
@@ -639,11 +649,36 @@ fn intune_fixture(token_up: bool) -> IntuneFixture {
     );
     *base.lock().unwrap() = server.url();
     let pki = pki_with("[challenge]\nmode = \"intune\"\n", &Options::default());
-    let secret = secret_file(&pki, "entra.secret", CLIENT_SECRET);
+    let credential = if certificate {
+        let out = std::process::Command::new("openssl")
+            .current_dir(tls.path())
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "app.key",
+            ])
+            .args([
+                "-out",
+                "app.pem",
+                "-subj",
+                "/CN=scep-gateway app",
+                "-days",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        format!(
+            "client_certificate = \"{}\"\nclient_key = \"{}\"",
+            tls.path().join("app.pem").display(),
+            tls.path().join("app.key").display()
+        )
+    } else {
+        let secret = secret_file(&pki, "entra.secret", CLIENT_SECRET);
+        format!("client_secret_file = \"{secret}\"")
+    };
     let text = std::fs::read_to_string(pki.config()).unwrap().replace(
         "mode = \"intune\"\n",
         &format!(
-            "mode = \"intune\"\ntenant = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{secret}\"\nlogin_url = \"{0}\"\ngraph_url = \"{0}\"\nca_file = \"{1}\"\ntimeout_ms = 3000\nretries = 1\n",
+            "mode = \"intune\"\ntenant = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\n{credential}\nlogin_url = \"{0}\"\ngraph_url = \"{0}\"\nca_file = \"{1}\"\ntimeout_ms = 3000\nretries = 1\n",
             server.url(),
             ca.display()
         ),
@@ -876,4 +911,69 @@ fn csr_policy_refuses_small_keys_and_foreign_subjects() {
     big("kiosk-2")
         .enroll(gateway.addr, common::CHALLENGE)
         .assert_success();
+}
+
+/// The certificate credential: an RS256 client assertion (RFC 7523) with `x5t`, the
+/// token endpoint as audience and the client id as issuer and subject, whose signature
+/// OpenSSL verifies with the app certificate.
+#[test]
+fn intune_certificate_credential_signs_a_client_assertion() {
+    let fx = intune_fixture_with(true, true);
+    let gateway = fx.pki.serve();
+    Device::new("intune-cert")
+        .enroll(gateway.addr, &intune_challenge("cert"))
+        .assert_success();
+    assert_no_violation(&fx.state);
+    let token_request = fx.server.wait_for(&format!("/{TENANT}/oauth2"));
+    let body = String::from_utf8(token_request.body).unwrap();
+    let assertion = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("client_assertion="))
+        .map(percent_decode)
+        .unwrap();
+    let parts: Vec<&str> = assertion.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    let tls = fx._tls.path();
+    let app = common::read_der(&tls.join("app.pem"));
+    let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &app);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["x5t"], b64.encode(sha1.as_ref()));
+    assert_eq!(
+        claims["aud"],
+        format!("{}/{TENANT}/oauth2/v2.0/token", fx.server.url())
+    );
+    assert_eq!(claims["iss"], CLIENT_ID);
+    assert_eq!(claims["sub"], CLIENT_ID);
+    assert!(claims["exp"].as_u64().unwrap() > claims["nbf"].as_u64().unwrap());
+    std::fs::write(tls.join("jwt.input"), format!("{}.{}", parts[0], parts[1])).unwrap();
+    std::fs::write(tls.join("jwt.sig"), b64.decode(parts[2]).unwrap()).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .current_dir(tls)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        run(&["x509", "-in", "app.pem", "-pubkey", "-noout", "-out", "app.pub"])
+            .status
+            .success()
+    );
+    let verified = run(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        "app.pub",
+        "-signature",
+        "jwt.sig",
+        "jwt.input",
+    ]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
 }
