@@ -6,6 +6,7 @@ use zeroize::Zeroizing;
 use super::{presented, Challenge, ChallengeContext, Validated};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
+use crate::store::sha256;
 
 /// The shared secret, kept only as its SHA-256 so that comparing takes the same time
 /// whatever the length or content of the guess.
@@ -17,13 +18,6 @@ impl std::fmt::Debug for StaticChallenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StaticChallenge(..)")
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 impl StaticChallenge {
