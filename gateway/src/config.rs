@@ -13,6 +13,10 @@ use scep_hsm::Pkcs11KeyConfig;
 use serde::Deserialize;
 
 use crate::ca::embedded::EmbeddedCaConfig;
+use crate::challenge::intune::IntuneConfig;
+use crate::challenge::one_time::OneTimeConfig;
+use crate::challenge::policy::CsrPolicyConfig;
+use crate::challenge::webhook::WebhookConfig;
 
 /// Why the configuration cannot be used. Every message names the setting and, where
 /// there is one, the file.
@@ -196,7 +200,7 @@ impl<'de> Deserialize<'de> for KeyRef {
 
 impl KeyRef {
     /// Relative key files and PIN files are relative to the config file.
-    fn resolve(&mut self, base: &Path) {
+    pub(crate) fn resolve(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -234,7 +238,9 @@ pub struct CryptoConfig {
     pub legacy_sha1: bool,
 }
 
-/// `[challenge]`: how a PKCSReq's challengePassword is checked.
+/// `[challenge]`: how a PKCSReq's challengePassword is checked (README, "Challenges").
+/// Every mode takes an optional `[challenge.policy]` table
+/// ([`crate::challenge::policy::CsrPolicyConfig`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "mode", rename_all = "kebab-case")]
 pub enum ChallengeConfig {
@@ -243,10 +249,51 @@ pub enum ChallengeConfig {
     Static {
         password_file: Option<PathBuf>,
         password_env: Option<String>,
+        #[serde(default)]
+        policy: Option<CsrPolicyConfig>,
     },
+    /// Single-use passwords from the admin endpoint or `scep-gateway challenge new`.
+    OneTime(OneTimeConfig),
+    /// An HTTP service decides.
+    Webhook(WebhookConfig),
+    /// Microsoft Intune's SCEP validation API.
+    Intune(Box<IntuneConfig>),
     /// No challenge at all: anyone who can reach the gateway gets a certificate. Only
     /// for closed test networks; logged loudly at start.
-    None,
+    None {
+        #[serde(default)]
+        policy: Option<CsrPolicyConfig>,
+    },
+}
+
+impl ChallengeConfig {
+    /// The `[challenge.policy]` table, whatever the mode.
+    pub fn policy(&self) -> Option<&CsrPolicyConfig> {
+        match self {
+            ChallengeConfig::Static { policy, .. } | ChallengeConfig::None { policy } => {
+                policy.as_ref()
+            }
+            ChallengeConfig::OneTime(c) => c.policy.as_ref(),
+            ChallengeConfig::Webhook(c) => c.policy.as_ref(),
+            ChallengeConfig::Intune(c) => c.policy.as_ref(),
+        }
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        match self {
+            ChallengeConfig::Static { password_file, .. } => {
+                crate::challenge::http::resolve(password_file, base)
+            }
+            ChallengeConfig::OneTime(c) => {
+                for token in &mut c.admin_tokens {
+                    crate::challenge::http::resolve(&mut token.token_file, base);
+                }
+            }
+            ChallengeConfig::Webhook(c) => c.resolve(base),
+            ChallengeConfig::Intune(c) => c.resolve(base),
+            ChallengeConfig::None { .. } => {}
+        }
+    }
 }
 
 /// `[renewal]`: RenewalReq policy (RFC 8894 §3.3.1.2).
@@ -395,13 +442,7 @@ impl FileConfig {
             fix(&mut tls.certificate);
             fix(&mut tls.key);
         }
-        if let ChallengeConfig::Static {
-            password_file: Some(p),
-            ..
-        } = &mut self.challenge
-        {
-            fix(p);
-        }
+        self.challenge.resolve(base);
         if let Some(next) = &mut self.next {
             next.certificates.iter_mut().for_each(fix);
         }
@@ -434,6 +475,7 @@ impl FileConfig {
         if let ChallengeConfig::Static {
             password_file,
             password_env,
+            ..
         } = &self.challenge
         {
             if password_file.is_some() == password_env.is_some() {
@@ -573,6 +615,13 @@ legacy_sha1 = false
 mode = "static"
 password_file = "{challenge_file}"
 # or: password_env = "SCEP_CHALLENGE"
+# Other modes (README, "Challenges"): "one-time" (admin endpoint and `challenge new`),
+# "webhook" (your HTTP service decides), "intune" (Intune's SCEP validation API).
+# Any mode may add a CSR policy:
+# [challenge.policy]
+# allowed_key_types = ["rsa", "ec"]
+# min_rsa_bits = 2048
+# subject_pattern = "CN=[a-z0-9-]+(,.*)?"
 
 [renewal]
 # RenewalReq signed by a valid certificate of this CA needs no challenge.

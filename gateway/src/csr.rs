@@ -208,6 +208,82 @@ impl CertificationRequest {
     pub fn subject_alt_name(&self) -> Option<&[u8]> {
         self.extensions.subject_alt_name.as_deref()
     }
+
+    /// The subject's first commonName, if any (for CN-bound one-time passwords and
+    /// policy patterns).
+    pub fn common_name(&self) -> Option<String> {
+        let name = Name::from_der(&self.subject).ok()?;
+        name.common_name().ok().flatten().map(String::from)
+    }
+
+    /// The requested subjectAltName entries as text: `dns:…`, `email:…`, `uri:…`,
+    /// `ip:…`, `upn:…`, `dirName:…`, `rid:…`, `other:<oid>` (webhook documents, SAN
+    /// patterns). Undecodable names are left out.
+    pub fn subject_alt_names(&self) -> Vec<String> {
+        let Some(der) = self.subject_alt_name() else {
+            return Vec::new();
+        };
+        let Ok(SubjectAltName(names)) = SubjectAltName::from_der(der) else {
+            return Vec::new();
+        };
+        names.iter().filter_map(general_name_text).collect()
+    }
+
+    /// The requested keyUsage bits by their RFC 5280 names (`digitalSignature`, …).
+    pub fn key_usage_names(&self) -> Vec<&'static str> {
+        let Some(usage) = self.extensions.key_usage else {
+            return Vec::new();
+        };
+        [
+            (KeyUsages::DigitalSignature, "digitalSignature"),
+            (KeyUsages::NonRepudiation, "nonRepudiation"),
+            (KeyUsages::KeyEncipherment, "keyEncipherment"),
+            (KeyUsages::DataEncipherment, "dataEncipherment"),
+            (KeyUsages::KeyAgreement, "keyAgreement"),
+            (KeyUsages::KeyCertSign, "keyCertSign"),
+            (KeyUsages::CRLSign, "cRLSign"),
+            (KeyUsages::EncipherOnly, "encipherOnly"),
+            (KeyUsages::DecipherOnly, "decipherOnly"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| usage.contains(*bit))
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
+/// One GeneralName (RFC 5280 §4.2.1.6) as `kind:value` text.
+fn general_name_text(name: &x509_cert::ext::pkix::name::GeneralName) -> Option<String> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    /// Microsoft's userPrincipalName otherName (an Intune/AD staple).
+    const UPN: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.20.2.3");
+    Some(match name {
+        GeneralName::DnsName(s) => format!("dns:{}", s.as_str()),
+        GeneralName::Rfc822Name(s) => format!("email:{}", s.as_str()),
+        GeneralName::UniformResourceIdentifier(s) => format!("uri:{}", s.as_str()),
+        GeneralName::IpAddress(o) => match o.as_bytes().len() {
+            4 => {
+                let b: [u8; 4] = o.as_bytes().try_into().ok()?;
+                format!("ip:{}", std::net::Ipv4Addr::from(b))
+            }
+            16 => {
+                let b: [u8; 16] = o.as_bytes().try_into().ok()?;
+                format!("ip:{}", std::net::Ipv6Addr::from(b))
+            }
+            _ => return None,
+        },
+        GeneralName::DirectoryName(n) => format!("dirName:{n}"),
+        GeneralName::RegisteredId(oid) => format!("rid:{oid}"),
+        GeneralName::OtherName(other) if other.type_id == UPN => {
+            let text = other
+                .value
+                .decode_as::<der::asn1::Utf8StringRef<'_>>()
+                .ok()?;
+            format!("upn:{}", text.as_str())
+        }
+        GeneralName::OtherName(other) => format!("other:{}", other.type_id),
+        GeneralName::EdiPartyName(_) => return None,
+    })
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<()> {

@@ -11,9 +11,11 @@
 //! The private-key work (envelope unwrap, CertRep signature) runs on tokio's blocking
 //! pool: an HSM call or an RSA operation never stalls a reactor thread.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::ca::IssueRequest;
+use crate::challenge::ChallengeContext;
 use crate::cms::algorithms::{ContentCipher, Digest};
 use crate::cms::envelope;
 use crate::cms::signed::CertificateFields;
@@ -43,6 +45,16 @@ pub struct Summary {
 pub async fn pki_operation(
     gateway: Arc<Gateway>,
     message: bytes::Bytes,
+) -> (Result<Vec<u8>>, Summary) {
+    pki_operation_from(gateway, message, None).await
+}
+
+/// [`pki_operation`] for a request that came from `client_addr` (given to the challenge
+/// validator, e.g. a webhook).
+pub async fn pki_operation_from(
+    gateway: Arc<Gateway>,
+    message: bytes::Bytes,
+    client_addr: Option<SocketAddr>,
 ) -> (Result<Vec<u8>>, Summary) {
     let mut summary = Summary {
         message_type: None,
@@ -84,7 +96,7 @@ pub async fn pki_operation(
                 tracing::info!(transaction_id = %header.transaction_id, cipher = cipher.name(), "legacy content cipher used");
                 metrics::legacy_crypto(cipher.name());
             }
-            (Some(cipher), decide(&gateway, request).await)
+            (Some(cipher), decide(&gateway, request, client_addr).await)
         }
         Err(e) => (None, Err(e)),
     };
@@ -135,7 +147,11 @@ async fn build_reply(
 }
 
 /// Decides the outcome of a verified, decrypted request.
-async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
+async fn decide(
+    gateway: &Gateway,
+    request: Request,
+    client_addr: Option<SocketAddr>,
+) -> Result<Outcome> {
     let header = &request.header;
     // Every SUCCESS is enveloped to the signer certificate: refuse a signer key we
     // cannot encrypt to (EC, RSA below 2048 bits) before anything is claimed or issued,
@@ -145,7 +161,7 @@ async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
         (
             MessageType::PkcsReq | MessageType::RenewalReq,
             RequestBody::CertificationRequest(der),
-        ) => enroll(gateway, header, der).await,
+        ) => enroll(gateway, header, der, client_addr).await,
         (MessageType::CertPoll, RequestBody::CertPoll { .. }) => poll(gateway, header).await,
         (MessageType::GetCert, RequestBody::IssuerAndSerial { issuer, serial }) => {
             match gateway.store.certificate(issuer, serial).await? {
@@ -175,7 +191,12 @@ async fn decide(gateway: &Gateway, request: Request) -> Result<Outcome> {
 
 /// PKCSReq and RenewalReq (RFC 8894 §3.3.1): claim the transaction, check the right to
 /// enroll, issue, remember.
-async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Result<Outcome> {
+async fn enroll(
+    gateway: &Gateway,
+    header: &RequestHeader,
+    csr_der: &[u8],
+    client_addr: Option<SocketAddr>,
+) -> Result<Outcome> {
     let csr = CertificationRequest::from_der(csr_der)?;
     let key = transaction_key(gateway, header)?;
 
@@ -196,7 +217,7 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
         }
     }
 
-    match authorize_and_issue(gateway, &key, header, &csr).await {
+    match authorize_and_issue(gateway, &key, header, &csr, client_addr).await {
         Ok(certificate) => {
             let fields = CertificateFields::parse(&certificate)?;
             // The certificate exists now: losing it from the store must not lose it
@@ -212,6 +233,8 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
             Ok(issued(gateway, certificate))
         }
         Err(e) => {
+            // Also after a withheld certificate (a failed Intune success notification):
+            // the retry runs again instead of being answered with that certificate.
             if let Err(release) = gateway.store.release(&key).await {
                 tracing::warn!(transaction_id = %header.transaction_id, error = %release, "claim not released; it lapses with its lease");
             }
@@ -222,11 +245,17 @@ async fn enroll(gateway: &Gateway, header: &RequestHeader, csr_der: &[u8]) -> Re
 
 /// The right to enroll: a RenewalReq (or a PKCSReq signed with a certificate we issued,
 /// as macOS renews) needs a valid certificate of our CA; anything else the challenge.
+///
+/// A challenge-validated request is reported back to the validator: after issuing and
+/// before the certificate leaves (`notify_issued`; its failure withholds the
+/// certificate, as the Intune validation API requires), or on a failure after the
+/// validation (`notify_failed`: Intune's failureNotification).
 async fn authorize_and_issue(
     gateway: &Gateway,
     key: &TransactionKey,
     header: &RequestHeader,
     csr: &CertificationRequest,
+    client_addr: Option<SocketAddr>,
 ) -> Result<Arc<[u8]>> {
     let signed_by_ours = key.renewing.is_some();
     let renewing = match header.message_type {
@@ -241,7 +270,13 @@ async fn authorize_and_issue(
         MessageType::RenewalReq => true,
         _ => signed_by_ours && gateway.renewal.allow,
     };
-    if renewing {
+    let ctx = ChallengeContext {
+        csr,
+        transaction_id: header.transaction_id.as_str(),
+        client_addr,
+        message_type: header.message_type,
+    };
+    let validated = if renewing {
         if gateway.renewal.require_same_subject {
             let old = CertificateFields::parse(&header.signer_certificate)?;
             if old.subject != csr.subject_der() {
@@ -250,16 +285,51 @@ async fn authorize_and_issue(
                 ));
             }
         }
+        None
     } else {
-        gateway.challenge.validate(csr).await?;
-    }
-    let issued = gateway
+        let result = gateway.challenge.validate(&ctx).await;
+        metrics::challenge_validation(
+            gateway.challenge.mode(),
+            match &result {
+                Ok(_) => "accepted",
+                Err(Error::Unavailable(_)) => "error",
+                Err(_) => "rejected",
+            },
+        );
+        let validated = result?;
+        if let Some(profile) = &validated.profile {
+            tracing::info!(transaction_id = %header.transaction_id, profile, "the challenge validator named a profile");
+        }
+        Some(validated)
+    };
+    let issued = match gateway
         .ca
         .issue(IssueRequest {
             csr,
             renewing: renewing.then_some(&header.signer_certificate[..]),
         })
-        .await?;
+        .await
+    {
+        Ok(issued) => issued,
+        Err(e) => {
+            if validated.is_some() {
+                gateway.challenge.notify_failed(&ctx, &e).await;
+            }
+            return Err(e);
+        }
+    };
+    if validated.is_some() {
+        if let Err(e) = gateway.challenge.notify_issued(&ctx, &issued).await {
+            tracing::warn!(
+                transaction_id = %header.transaction_id,
+                serial = %hex::encode(&issued.serial),
+                error = %e,
+                "certificate issued but withheld: the challenge validator did not acknowledge it"
+            );
+            gateway.challenge.notify_failed(&ctx, &e).await;
+            return Err(e);
+        }
+    }
     tracing::info!(
         transaction_id = %header.transaction_id,
         serial = %hex::encode(&issued.serial),

@@ -6,6 +6,8 @@
 //!   [--pkcs11-module M --pkcs11-token-label T --pkcs11-pin-env VAR]`: create a
 //!   development PKI (keys in files, or in a PKCS#11 token) and a commented `gateway.toml`.
 //! - `scep-gateway hsm keygen|list|check|csr ...`: keys in a PKCS#11 token.
+//! - `scep-gateway challenge new [--config F] [--requester R] [--cn-pattern P]`: a
+//!   one-time challenge password.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -81,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: scep_gateway::cli::hsm::HsmCommand,
     },
+    /// One-time challenge passwords: new.
+    Challenge {
+        #[command(subcommand)]
+        command: scep_gateway::cli::challenge::ChallengeCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +112,7 @@ fn main() -> ExitCode {
             init::init(&dir, challenge, legacy_des, pkcs11.as_ref()).map(|c| print_init(&c))
         }
         Command::Hsm { command } => scep_gateway::cli::hsm::run(command),
+        Command::Challenge { command } => scep_gateway::cli::challenge::run(command),
         Command::Serve { config, listen } => serve(config, listen),
     };
     match result {

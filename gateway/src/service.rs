@@ -17,7 +17,11 @@ use zeroize::Zeroizing;
 
 use crate::ca::embedded::EmbeddedCa;
 use crate::ca::Ca;
+use crate::challenge::intune::IntuneChallenge;
+use crate::challenge::one_time::OneTimeChallenge;
+use crate::challenge::policy::{CsrPolicy, PolicyChallenge};
 use crate::challenge::static_secret::StaticChallenge;
+use crate::challenge::webhook::WebhookChallenge;
 use crate::challenge::{Challenge, NoChallenge};
 use crate::cms::signed::CertificateFields;
 use crate::config::{
@@ -205,15 +209,16 @@ impl Gateway {
                 "[store] claim_lease_secs is below [server] request_timeout_secs: a slow replica may finish a transaction another one re-claimed"
             );
         }
+        let store = match store {
+            Some(store) => store,
+            None => build_store(&config.store)?,
+        };
         Ok(Gateway {
             ca_cert: cacert::ca_cert(&ra, ca.chain()),
             ra,
             ca,
-            store: match store {
-                Some(store) => store,
-                None => build_store(&config.store)?,
-            },
-            challenge: load_challenge(&config.challenge)?,
+            challenge: load_challenge(&config.challenge, store.clone())?,
+            store,
             policy: CryptoPolicy {
                 legacy_des: config.crypto.legacy_des,
             },
@@ -229,7 +234,7 @@ impl Gateway {
 
 /// The configured transaction store. The Redis store connects lazily: a gateway started
 /// while Redis is down starts not-ready (`/readyz` 503) and becomes ready when it answers.
-fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> {
+pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> {
     let ttl = Duration::from_secs(config.transaction_ttl_secs);
     match config.backend {
         StoreBackend::Memory => {
@@ -263,15 +268,44 @@ fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> {
     }
 }
 
-fn load_challenge(config: &ChallengeConfig) -> Result<Arc<dyn Challenge>, ConfigError> {
+/// The configured challenge mode, behind its CSR policy when one is set.
+pub fn load_challenge(
+    config: &ChallengeConfig,
+    store: Arc<dyn Store>,
+) -> Result<Arc<dyn Challenge>, ConfigError> {
+    let mode = load_mode(config, store)?;
+    tracing::info!(mode = mode.mode(), "challenge validation");
+    Ok(match config.policy() {
+        Some(policy) => Arc::new(PolicyChallenge {
+            policy: CsrPolicy::new(policy)?,
+            inner: mode,
+        }),
+        None => Arc::from(mode),
+    })
+}
+
+fn load_mode(
+    config: &ChallengeConfig,
+    store: Arc<dyn Store>,
+) -> Result<Box<dyn Challenge>, ConfigError> {
     match config {
-        ChallengeConfig::None => {
+        ChallengeConfig::None { .. } => {
             tracing::warn!("challenge mode \"none\": every request that reaches this gateway gets a certificate");
-            Ok(Arc::new(NoChallenge))
+            Ok(Box::new(NoChallenge))
         }
+        ChallengeConfig::OneTime(c) => {
+            let one_time = OneTimeChallenge::new(c, store)?;
+            if !one_time.admin_enabled() {
+                tracing::info!("one-time challenges: no admin_tokens, the admin endpoint is off (use `scep-gateway challenge new`)");
+            }
+            Ok(Box::new(one_time))
+        }
+        ChallengeConfig::Webhook(c) => Ok(Box::new(WebhookChallenge::new(c)?)),
+        ChallengeConfig::Intune(c) => Ok(Box::new(IntuneChallenge::new(c)?)),
         ChallengeConfig::Static {
             password_file,
             password_env,
+            ..
         } => {
             let secret = match (password_file, password_env) {
                 (Some(path), _) => {
@@ -298,7 +332,7 @@ fn load_challenge(config: &ChallengeConfig) -> Result<Arc<dyn Challenge>, Config
                     reason: "the static challenge password is empty".into(),
                 });
             }
-            Ok(Arc::new(StaticChallenge::new(secret)))
+            Ok(Box::new(StaticChallenge::new(secret)))
         }
     }
 }

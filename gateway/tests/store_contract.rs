@@ -12,7 +12,7 @@ use scep_gateway::error::Error;
 use scep_gateway::scep::message::TransactionId;
 use scep_gateway::store::memory::MemoryStore;
 use scep_gateway::store::redis::{RedisSettings, RedisStore};
-use scep_gateway::store::{Claim, Record, Store, TransactionKey};
+use scep_gateway::store::{Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
 
 const LEASE: Duration = Duration::from_secs(5);
 
@@ -185,6 +185,117 @@ async fn fifty_concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
         }
         assert_eq!(won, 1, "round {round}");
     }
+}
+
+fn otp(requester: &str) -> OtpRecord {
+    OtpRecord {
+        requester: requester.into(),
+        cn_pattern: Some("device-[0-9]+".into()),
+        expires_at: u64::MAX / 2,
+    }
+}
+
+both_stores!(a_one_time_password_is_taken_once);
+async fn a_one_time_password_is_taken_once(store: Arc<dyn Store>) {
+    let hash = [1u8; 32];
+    let record = otp("alice");
+    assert_eq!(
+        store.put_otp(&hash, &record, LEASE, 5).await.unwrap(),
+        OtpPut::Stored
+    );
+    assert_eq!(store.outstanding_otps("alice").await.unwrap(), 1);
+    assert_eq!(store.take_otp(&[2u8; 32]).await.unwrap(), None);
+    assert_eq!(store.take_otp(&hash).await.unwrap(), Some(record));
+    assert_eq!(store.take_otp(&hash).await.unwrap(), None);
+    assert_eq!(store.outstanding_otps("alice").await.unwrap(), 0);
+}
+
+both_stores!(a_requester_holds_at_most_the_bound);
+async fn a_requester_holds_at_most_the_bound(store: Arc<dyn Store>) {
+    for i in 0..3u8 {
+        assert_eq!(
+            store
+                .put_otp(&[10 + i; 32], &otp("bob"), LEASE, 3)
+                .await
+                .unwrap(),
+            OtpPut::Stored
+        );
+    }
+    assert_eq!(
+        store
+            .put_otp(&[20; 32], &otp("bob"), LEASE, 3)
+            .await
+            .unwrap(),
+        OtpPut::CacheFull
+    );
+    // Another requester has a cache of its own.
+    assert_eq!(
+        store
+            .put_otp(&[21; 32], &otp("carol"), LEASE, 3)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+    // A used password frees its place.
+    assert!(store.take_otp(&[10; 32]).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .put_otp(&[20; 32], &otp("bob"), LEASE, 3)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+    assert_eq!(store.outstanding_otps("bob").await.unwrap(), 3);
+}
+
+both_stores!(an_expired_password_is_gone_and_frees_its_place);
+async fn an_expired_password_is_gone_and_frees_its_place(store: Arc<dyn Store>) {
+    let short = Duration::from_millis(200);
+    assert_eq!(
+        store
+            .put_otp(&[30; 32], &otp("dave"), short, 1)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+    assert_eq!(
+        store
+            .put_otp(&[31; 32], &otp("dave"), short, 1)
+            .await
+            .unwrap(),
+        OtpPut::CacheFull
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.take_otp(&[30; 32]).await.unwrap(), None);
+    assert_eq!(store.outstanding_otps("dave").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .put_otp(&[31; 32], &otp("dave"), LEASE, 1)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+}
+
+both_stores!(fifty_concurrent_takes_have_one_winner);
+async fn fifty_concurrent_takes_have_one_winner(store: Arc<dyn Store>) {
+    let hash = [40u8; 32];
+    store.put_otp(&hash, &otp("erin"), LEASE, 5).await.unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store.take_otp(&hash).await.unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        won += usize::from(task.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
 }
 
 /// Redis down: every call fails within the timeout with `Unavailable` (HTTP 503), never

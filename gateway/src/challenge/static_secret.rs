@@ -3,10 +3,10 @@
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::Challenge;
+use super::{presented, Challenge, ChallengeContext, Validated};
 use crate::ca::BoxFuture;
-use crate::csr::CertificationRequest;
 use crate::error::{Error, Result};
+use crate::store::sha256;
 
 /// The shared secret, kept only as its SHA-256 so that comparing takes the same time
 /// whatever the length or content of the guess.
@@ -18,13 +18,6 @@ impl std::fmt::Debug for StaticChallenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StaticChallenge(..)")
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 impl StaticChallenge {
@@ -41,14 +34,14 @@ impl StaticChallenge {
 }
 
 impl Challenge for StaticChallenge {
-    fn validate<'a>(&'a self, csr: &'a CertificationRequest) -> BoxFuture<'a, Result<()>> {
-        let result = match csr.challenge_password() {
-            Some(p) if self.matches(p) => Ok(()),
-            Some(_) => Err(Error::Refused("the challenge password is wrong".into())),
-            None => Err(Error::Refused(
-                "the request carries no challenge password".into(),
-            )),
-        };
+    fn validate<'a>(&'a self, ctx: &'a ChallengeContext<'a>) -> BoxFuture<'a, Result<Validated>> {
+        let result = presented(ctx).and_then(|p| {
+            if self.matches(p) {
+                Ok(Validated::default())
+            } else {
+                Err(Error::Refused("the challenge password is wrong".into()))
+            }
+        });
         Box::pin(std::future::ready(result))
     }
 

@@ -109,13 +109,19 @@ async fn route(
         "/metrics" if matches!(role, Role::Admin | Role::Public { metrics: true }) => {
             return (prometheus(), None)
         }
-        _ if role == Role::Admin || !SCEP_PATHS.contains(&path) => {
+        _ if role == Role::Admin => return (plain(StatusCode::NOT_FOUND, "not found\n"), None),
+        super::admin::CHALLENGES => return (super::admin::handle(&gateway, request).await, None),
+        _ if super::admin::MSCEP_ADMIN.contains(&path) => {
+            return (super::admin::handle(&gateway, request).await, None)
+        }
+        _ if !SCEP_PATHS.contains(&path) => {
             return (plain(StatusCode::NOT_FOUND, "not found\n"), None)
         }
         _ => {}
     }
     let query = ScepQuery::parse(request.uri().query().unwrap_or(""));
     let method = request.method().clone();
+    let peer = request.extensions().get::<super::PeerAddr>().map(|p| p.0);
     // A POST without an operation can only be a PKIOperation.
     let operation = match (&query.operation, &method) {
         (Some(op), _) => op.clone(),
@@ -162,7 +168,7 @@ async fn route(
                 );
             };
             match decode_message(raw) {
-                Ok(bytes) => pki_operation(gateway, Bytes::from(bytes)).await,
+                Ok(bytes) => pki_operation(gateway, Bytes::from(bytes), peer).await,
                 Err(e) => (error_response(&e), None),
             }
         }
@@ -171,7 +177,7 @@ async fn route(
             // future): a client that stops sending is told 408, not our 503.
             let body = tokio::time::timeout_at(deadline, read_body(request, limits.max_body_bytes));
             match body.await.unwrap_or(Err(Error::BodyTimeout)) {
-                Ok(body) => pki_operation(gateway, body).await,
+                Ok(body) => pki_operation(gateway, body, peer).await,
                 Err(e) => (error_response(&e), None),
             }
         }
@@ -210,8 +216,9 @@ fn prometheus() -> Response<Full<Bytes>> {
 async fn pki_operation(
     gateway: Arc<Gateway>,
     message: Bytes,
+    peer: Option<std::net::SocketAddr>,
 ) -> (Response<Full<Bytes>>, Option<Summary>) {
-    let (result, summary) = enroll::pki_operation(gateway, message).await;
+    let (result, summary) = enroll::pki_operation_from(gateway, message, peer).await;
     let response = match result {
         Ok(reply) => with_type(StatusCode::OK, PKI_MESSAGE, Bytes::from(reply)),
         Err(e) => error_response(&e),

@@ -172,7 +172,10 @@ impl Server {
             tokio::spawn(async move {
                 let _permit = permit;
                 // Each request takes the gateway current when it arrives (see `reload`).
-                let service = service_fn(move |req| routes::handle(live.get(), limits, role, req));
+                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(super::PeerAddr(peer));
+                    routes::handle(live.get(), limits, role, req)
+                });
                 let result = match tls {
                     None => {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);

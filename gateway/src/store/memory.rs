@@ -3,13 +3,14 @@
 //! dashmap shards its locks, and no lock is held across an await (every method does its
 //! map work synchronously and returns a ready future).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
-use super::{Claim, Record, Store, TransactionKey};
+use super::{Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
 use crate::scep::message::TransactionId;
@@ -30,6 +31,9 @@ type Certificates = DashMap<(Vec<u8>, Vec<u8>), (Arc<[u8]>, Instant)>;
 pub struct MemoryStore {
     transactions: DashMap<(TransactionId, Option<[u8; 32]>), Entry>,
     certificates: Certificates,
+    /// One-time passwords by SHA-256. One lock: issuing checks the requester's count
+    /// and inserts in one step; admin-rate traffic, never on the hot path.
+    otps: Mutex<HashMap<[u8; 32], (OtpRecord, Instant)>>,
     ttl: Duration,
     max_entries: usize,
 }
@@ -39,6 +43,7 @@ impl MemoryStore {
         MemoryStore {
             transactions: DashMap::new(),
             certificates: DashMap::new(),
+            otps: Mutex::new(HashMap::new()),
             ttl,
             max_entries,
         }
@@ -67,6 +72,12 @@ impl MemoryStore {
         let now = Instant::now();
         self.transactions.retain(|_, e| e.expires > now);
         self.certificates.retain(|_, (_, expires)| *expires > now);
+        self.otp_table().retain(|_, (_, expires)| *expires > now);
+    }
+
+    fn otp_table(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (OtpRecord, Instant)>> {
+        // A panic while holding it cannot leave the map half-updated: recover it.
+        self.otps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn ensure_room(&self) -> Result<()> {
@@ -174,6 +185,52 @@ impl Store for MemoryStore {
             .get(&(issuer.to_vec(), serial.to_vec()))
             .map(|e| e.0.clone());
         ready(Ok(found))
+    }
+
+    fn put_otp<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+        record: &'a OtpRecord,
+        ttl: Duration,
+        max_outstanding: usize,
+    ) -> BoxFuture<'a, Result<OtpPut>> {
+        let now = Instant::now();
+        let mut table = self.otp_table();
+        table.retain(|_, (_, expires)| *expires > now);
+        let outstanding = table
+            .values()
+            .filter(|(r, _)| r.requester == record.requester)
+            .count();
+        let result = if outstanding >= max_outstanding {
+            Ok(OtpPut::CacheFull)
+        } else if table.len() >= self.max_entries {
+            Err(Error::Unavailable(
+                "the one-time password store is full".into(),
+            ))
+        } else {
+            table.insert(*hash, (record.clone(), now + ttl));
+            Ok(OtpPut::Stored)
+        };
+        ready(result)
+    }
+
+    fn take_otp<'a>(&'a self, hash: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<OtpRecord>>> {
+        let now = Instant::now();
+        let taken = self
+            .otp_table()
+            .remove(hash)
+            .and_then(|(record, expires)| (expires > now).then_some(record));
+        ready(Ok(taken))
+    }
+
+    fn outstanding_otps<'a>(&'a self, requester: &'a str) -> BoxFuture<'a, Result<usize>> {
+        let now = Instant::now();
+        let count = self
+            .otp_table()
+            .values()
+            .filter(|(r, expires)| r.requester == requester && *expires > now)
+            .count();
+        ready(Ok(count))
     }
 }
 

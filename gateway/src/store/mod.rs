@@ -54,7 +54,7 @@ impl TransactionKey {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
@@ -81,6 +81,34 @@ pub enum Claim {
     Existing(Record),
     /// The transactionID belongs to another public key.
     Conflict,
+}
+
+/// What is kept of a one-time challenge password (never the password itself: it is
+/// stored under its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OtpRecord {
+    /// Who asked for it: the bound on outstanding passwords counts per requester.
+    pub requester: String,
+    /// A regex the CSR's commonName must match whole, if the password is bound to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cn_pattern: Option<String>,
+    /// Unix seconds after which it is no longer valid (the store also expires it).
+    pub expires_at: u64,
+}
+
+/// The answer to [`Store::put_otp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpPut {
+    Stored,
+    /// The requester already has `max_outstanding` unused, unexpired passwords (NDES:
+    /// "The password cache is full").
+    CacheFull,
+}
+
+fn no_otp<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
+    Box::pin(std::future::ready(Err(crate::error::Error::Unavailable(
+        "this store does not keep one-time passwords".into(),
+    ))))
 }
 
 /// The transaction store.
@@ -134,6 +162,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             self.finish(key, Record::Issued { certificate }).await?;
             stored
         })
+    }
+
+    /// Stores a one-time password's record under `hash` (SHA-256 of the password) for
+    /// `ttl`, unless its requester already has `max_outstanding` live ones: the count
+    /// and the insertion are one atomic step, across replicas for a shared store.
+    fn put_otp<'a>(
+        &'a self,
+        _hash: &'a [u8; 32],
+        _record: &'a OtpRecord,
+        _ttl: Duration,
+        _max_outstanding: usize,
+    ) -> BoxFuture<'a, Result<OtpPut>> {
+        no_otp()
+    }
+
+    /// Removes and returns the record under `hash`, atomically: of any number of
+    /// concurrent takes, on any replicas, exactly one gets it.
+    fn take_otp<'a>(&'a self, _hash: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<OtpRecord>>> {
+        no_otp()
+    }
+
+    /// The requester's live (unused, unexpired) passwords.
+    fn outstanding_otps<'a>(&'a self, _requester: &'a str) -> BoxFuture<'a, Result<usize>> {
+        no_otp()
     }
 
     /// Whether the store can serve requests now (readiness). Bounded in time.

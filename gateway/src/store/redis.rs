@@ -24,7 +24,16 @@
 //! {prefix}tx:n:{transactionID}                      a PKCSReq transaction
 //! {prefix}tx:r:{sha256(renewed cert) hex}:{transactionID}   a renewal
 //! {prefix}cert:{sha256(issuer Name) hex}:{serial hex}       an issued certificate
+//! {prefix}otp:{sha256(password) hex}                 a one-time password's record (JSON)
+//! {prefix}otpreq:{sha256(requester) hex}             sorted set: that requester's live
+//!                                                    passwords, scored by expiry (ms)
 //! ```
+//!
+//! One-time passwords: **put** is a Lua script (drop expired members, count, refuse at
+//! the bound, `SET … PX`, `ZADD`) so that two replicas cannot both add a requester's
+//! last allowed password; **take** is `GETDEL` (Redis ≥ 6.2,
+//! <https://redis.io/docs/latest/commands/getdel/>): of any concurrent takes exactly one
+//! gets the record, which is what makes a password single-use across replicas.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,7 +42,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{codec, observe, Claim, Record, Store, TransactionKey};
+use super::{codec, observe, Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
 
@@ -44,6 +53,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+";
+
+/// Adds a one-time password unless its requester is at the bound. KEYS[1] the password
+/// key, KEYS[2] the requester's set; ARGV: record, ttl ms, bound, member. Time is the
+/// server's (`TIME`), so replicas with skewed clocks agree on what has expired.
+const PUT_OTP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+if redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
 ";
 
 /// How to reach Redis and what to keep for how long.
@@ -82,6 +110,7 @@ pub struct RedisStore {
     timeout: Duration,
     ttl: Duration,
     release: redis::Script,
+    put_otp: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -141,6 +170,7 @@ impl RedisStore {
             timeout: settings.command_timeout,
             ttl: settings.ttl,
             release: redis::Script::new(RELEASE),
+            put_otp: redis::Script::new(PUT_OTP),
         })
     }
 
@@ -167,6 +197,18 @@ impl RedisStore {
             self.prefix,
             hex::encode(super::sha256(issuer)),
             hex::encode(serial)
+        )
+    }
+
+    fn otp_key(&self, hash: &[u8; 32]) -> String {
+        format!("{}otp:{}", self.prefix, hex::encode(hash))
+    }
+
+    fn otp_requester_key(&self, requester: &str) -> String {
+        format!(
+            "{}otpreq:{}",
+            self.prefix,
+            hex::encode(super::sha256(requester.as_bytes()))
         )
     }
 
@@ -370,6 +412,92 @@ impl Store for RedisStore {
                     .arg(ttl)
                     .ignore();
                 async move { pipe.exec_async(&mut conn).await }
+            })
+            .await
+        })
+    }
+
+    fn put_otp<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+        record: &'a OtpRecord,
+        ttl: Duration,
+        max_outstanding: usize,
+    ) -> BoxFuture<'a, Result<OtpPut>> {
+        Box::pin(async move {
+            let otp_key = self.otp_key(hash);
+            let set_key = self.otp_requester_key(&record.requester);
+            let value = serde_json::to_vec(record)
+                .map_err(|e| Error::Unavailable(format!("one-time password record: {e}")))?;
+            let ttl_ms = millis(ttl);
+            let member = hex::encode(hash);
+            let stored: i64 = self
+                .call("put_otp", |mut conn| {
+                    let mut invocation = self.put_otp.prepare_invoke();
+                    invocation
+                        .key(&otp_key)
+                        .key(&set_key)
+                        .arg(&value)
+                        .arg(ttl_ms)
+                        .arg(max_outstanding)
+                        .arg(&member);
+                    async move { invocation.invoke_async::<i64>(&mut conn).await }
+                })
+                .await?;
+            Ok(if stored == 1 {
+                OtpPut::Stored
+            } else {
+                OtpPut::CacheFull
+            })
+        })
+    }
+
+    fn take_otp<'a>(&'a self, hash: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<OtpRecord>>> {
+        Box::pin(async move {
+            let otp_key = self.otp_key(hash);
+            let taken: Option<Vec<u8>> = self
+                .call("take_otp", |mut conn| {
+                    let mut cmd = redis::cmd("GETDEL");
+                    cmd.arg(&otp_key);
+                    async move { cmd.query_async(&mut conn).await }
+                })
+                .await?;
+            let Some(bytes) = taken else {
+                return Ok(None);
+            };
+            let record: OtpRecord = serde_json::from_slice(&bytes).map_err(|_| {
+                Error::Unavailable(
+                    "the store holds a one-time password record we cannot read".into(),
+                )
+            })?;
+            // The password is spent (GETDEL above); dropping it from the requester's
+            // count is bookkeeping: if this fails it drops out when it expires.
+            let set_key = self.otp_requester_key(&record.requester);
+            let member = hex::encode(hash);
+            if let Err(e) = self
+                .call("take_otp_count", |mut conn| {
+                    let mut cmd = redis::cmd("ZREM");
+                    cmd.arg(&set_key).arg(&member);
+                    async move { cmd.query_async::<i64>(&mut conn).await }
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "a spent one-time password still counts for its requester until it expires");
+            }
+            Ok(Some(record))
+        })
+    }
+
+    fn outstanding_otps<'a>(&'a self, requester: &'a str) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let set_key = self.otp_requester_key(requester);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.call("outstanding_otps", |mut conn| {
+                let mut cmd = redis::cmd("ZCOUNT");
+                cmd.arg(&set_key).arg(format!("({now_ms}")).arg("+inf");
+                async move { cmd.query_async::<usize>(&mut conn).await }
             })
             .await
         })
