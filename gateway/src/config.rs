@@ -13,6 +13,7 @@ use scep_hsm::Pkcs11KeyConfig;
 use serde::Deserialize;
 
 use crate::ca::embedded::EmbeddedCaConfig;
+use crate::ca::router::{CaEntryConfig, ProfileConfig};
 
 /// Why the configuration cannot be used. Every message names the setting and, where
 /// there is one, the file.
@@ -42,7 +43,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerConfig,
     pub ra: RaConfig,
-    pub ca: CaConfig,
+    /// The embedded CA. Required unless `[[cas]]` lists only upstream CAs.
+    #[serde(default)]
+    pub ca: Option<CaConfig>,
     /// Issuance policy of the embedded CA (key usage, EKU, validity, key sizes).
     #[serde(default)]
     pub profile: EmbeddedCaConfig,
@@ -56,6 +59,13 @@ pub struct FileConfig {
     /// The next RA/CA set, served by GetNextCACert (RFC 8894 §4.6) ahead of a rollover.
     #[serde(default)]
     pub next: Option<NextConfig>,
+    /// The CAs requests can go to (`[[cas]]`): upstream SCEP CAs and the embedded CA.
+    /// Empty: the embedded CA of `[ca]` serves everything, as one profile "default".
+    #[serde(default)]
+    pub cas: Vec<CaEntryConfig>,
+    /// Which CAs serve which requests (`[[profiles]]`); needed with `[[cas]]`.
+    #[serde(default)]
+    pub profiles: Vec<ProfileConfig>,
 }
 
 /// `[server]`: the listener and the bounds on what a client may make us do.
@@ -361,9 +371,11 @@ impl FileConfig {
         if let Some(k) = self.ra.encryption_key.as_mut() {
             k.resolve(base);
         }
-        fix(&mut self.ca.certificate);
-        self.ca.key.resolve(base);
-        self.ca.chain.iter_mut().for_each(fix);
+        if let Some(ca) = &mut self.ca {
+            fix(&mut ca.certificate);
+            ca.key.resolve(base);
+            ca.chain.iter_mut().for_each(fix);
+        }
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.certificate);
             fix(&mut tls.key);
@@ -416,7 +428,7 @@ impl FileConfig {
         for (setting, key) in [
             ("ra.key", Some(&self.ra.key)),
             ("ra.encryption_key", self.ra.encryption_key.as_ref()),
-            ("ca.key", Some(&self.ca.key)),
+            ("ca.key", self.ca.as_ref().map(|ca| &ca.key)),
         ] {
             if let Some(KeyRef::Pkcs11 { pkcs11 }) = key {
                 pkcs11.check().map_err(|e| ConfigError::Invalid {
@@ -430,7 +442,33 @@ impl FileConfig {
                 return invalid("next.certificates", "lists no certificate");
             }
         }
+        self.check_cas()?;
         self.check_store()
+    }
+
+    /// `[ca]`, `[[cas]]` and `[[profiles]]` fit together.
+    fn check_cas(&self) -> Result<(), ConfigError> {
+        use crate::ca::router::{self, CaKind};
+        let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if self.cas.is_empty() {
+            if !self.profiles.is_empty() {
+                return invalid("profiles", "[[profiles]] needs [[cas]]".into());
+            }
+            if self.ca.is_none() {
+                return invalid("ca", "the [ca] table is required without [[cas]]".into());
+            }
+            return Ok(());
+        }
+        if let Err(reason) = router::check(&self.cas, &self.profiles) {
+            return invalid("cas", reason);
+        }
+        if self.ca.is_none() && self.cas.iter().any(|c| c.kind == CaKind::Embedded) {
+            return invalid(
+                "ca",
+                "a [[cas]] entry of kind \"embedded\" needs the [ca] table".into(),
+            );
+        }
+        Ok(())
     }
 
     fn check_store(&self) -> Result<(), ConfigError> {
@@ -634,8 +672,9 @@ mod tests {
         );
         let c = FileConfig::load(&write(dir.path(), &text)).unwrap();
         assert_eq!(c.ra.key, KeyRef::File(dir.path().join("ra.key.pem")));
-        let KeyRef::Pkcs11 { pkcs11 } = &c.ca.key else {
-            panic!("{:?}", c.ca.key)
+        let ca = c.ca.as_ref().unwrap();
+        let KeyRef::Pkcs11 { pkcs11 } = &ca.key else {
+            panic!("{:?}", ca.key)
         };
         assert_eq!(pkcs11.key_label.as_deref(), Some("ca"));
         assert_eq!(pkcs11.pin_file, Some(dir.path().join("pin.txt")));

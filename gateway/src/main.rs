@@ -161,7 +161,10 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
             .await
             .map_err(|e| e.to_string())?;
         let scheme = if server.is_tls() { "https" } else { "http" };
-        let fingerprint = init::fingerprint(&gateway.ca.chain()[0]);
+        let fingerprint = gateway.ca.chain().first().map_or_else(
+            || "(upstream CAs only)".to_owned(),
+            |ca| init::fingerprint(ca),
+        );
         println!(
             "SCEP gateway listening on {scheme}://{}/scep",
             server.local_addr()

@@ -282,7 +282,7 @@ fn enrollment_replay_poll_getcert_and_getcrl() {
         (refused.status, refused.fail_info),
         (PkiStatus::Failure, Some(FailInfo::BadRequest))
     );
-    assert_ne!(serial_of(&issued), vec![]);
+    assert_ne!(serial_of(&issued), Vec::<u8>::new());
     gateway.assert_healthy();
 }
 
