@@ -353,6 +353,16 @@ impl Member {
         }
     }
 
+    /// Up for readiness: its breaker is not open and, for an upstream, its chain has
+    /// been learnt (GetCACert must be able to serve it).
+    fn is_up(&self) -> bool {
+        self.breaker.is_healthy()
+            && match &self.backend {
+                Backend::Embedded(_) => true,
+                Backend::Upstream(ca) => !ca.current_chain().is_empty(),
+            }
+    }
+
     /// How long a hedged request waits for this CA before asking the next one.
     fn hedge_delay(&self) -> Duration {
         self.latency.p95().unwrap_or(self.timeout / 2)
@@ -807,17 +817,17 @@ impl Ca for Router {
     fn health(&self) -> std::result::Result<(), String> {
         let mut down = Vec::new();
         for profile in &self.profiles {
-            if !profile
-                .members
-                .iter()
-                .any(|&i| self.members[i].breaker.is_healthy())
-            {
+            if !profile.members.iter().any(|&i| self.members[i].is_up()) {
                 let states: Vec<String> = profile
                     .members
                     .iter()
                     .map(|&i| {
                         let m = &self.members[i];
-                        format!("{} {}", m.name, m.breaker.describe())
+                        let state = match m.breaker.describe() {
+                            "closed" => "not yet reached",
+                            other => other,
+                        };
+                        format!("{} {state}", m.name)
                     })
                     .collect();
                 down.push(format!(
