@@ -8,11 +8,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
@@ -21,11 +22,14 @@ use common::{
 use der::flagset::FlagSet;
 use scep_gateway::ca::certificate::{self as x509, common_name, Signer};
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
-use scep_gateway::ra::Credential;
+use scep_gateway::cms::ber::der_sequence;
+use scep_gateway::cms::signed::CertificateFields;
+use scep_gateway::csr::CertificationRequest;
+use scep_gateway::ra::{Credential, RaKeys};
 use scep_gateway::scep::certrep::{self, Outcome};
 use scep_gateway::scep::client::{ca_certificates, encryption_certificate, MessageSpec, Requester};
 use scep_gateway::scep::message::{FailInfo, MessageType, Nonce, PkiStatus};
-use scep_gateway::scep::request::SignedRequest;
+use scep_gateway::scep::request::{CryptoPolicy, Request, RequestBody, SignedRequest};
 use scep_hsm::{Key, SoftwareKey};
 use x509_cert::ext::pkix::KeyUsages;
 
@@ -203,45 +207,84 @@ impl Enrolled {
     }
 }
 
-/// A fresh device key, a CSR (with `usage` requested, if any), one PKCSReq.
-fn enroll(gw: &Gateway, cn: &str, usage: Option<FlagSet<KeyUsages>>) -> Enrolled {
-    let answer = get(gw.addr, "/scep?operation=GetCACert");
-    assert_eq!(answer.status, 200);
-    let certs = ca_certificates(&answer.body).unwrap();
-    let ra = encryption_certificate(&certs).unwrap().to_vec();
-    let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
-    let subject = common_name(cn).unwrap();
-    let device = Requester::self_signed(key.clone(), &subject).unwrap();
-    let extensions = match usage {
-        Some(bits) => vec![x509::key_usage(bits).unwrap()],
-        None => Vec::new(),
-    };
-    let csr = scep_gateway::csr::build(&Signer::new(key), &subject, Some(CHALLENGE), &extensions)
-        .unwrap();
-    let spec = MessageSpec {
-        message_type: MessageType::PkcsReq,
-        transaction_id: device.key_transaction_id(),
-        sender_nonce: Nonce::random(),
-        digest: Digest::Sha256,
-        cipher: ContentCipher::Aes256Cbc,
-    };
-    let message = device.pki_message(&spec, &ra, &csr).unwrap();
-    let response = post(gw.addr, "/scep?operation=PKIOperation", &message);
-    if response.status != 200 {
-        return Enrolled::Http(
-            response.status,
-            String::from_utf8_lossy(&response.body).into_owned(),
-        );
-    }
-    let reply = device.read_reply(&response.body, &spec, false).unwrap();
-    match reply.status {
-        PkiStatus::Success => {
-            let cert = reply.certificates.first().unwrap().clone();
-            Enrolled::Certificate(cert)
+/// A device: its key and self-signed certificate, its CSR, the RA certificate.
+struct Device {
+    requester: Requester,
+    ra: Vec<u8>,
+    subject: Vec<u8>,
+    csr: Vec<u8>,
+}
+
+impl Device {
+    /// A fresh device key and a CSR (with `usage` requested, if any).
+    fn new(gw: &Gateway, cn: &str, usage: Option<FlagSet<KeyUsages>>) -> Device {
+        let answer = get(gw.addr, "/scep?operation=GetCACert");
+        assert_eq!(answer.status, 200);
+        let certs = ca_certificates(&answer.body).unwrap();
+        let ra = encryption_certificate(&certs).unwrap().to_vec();
+        let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
+        let subject = common_name(cn).unwrap();
+        let requester = Requester::self_signed(key.clone(), &subject).unwrap();
+        let extensions = match usage {
+            Some(bits) => vec![x509::key_usage(bits).unwrap()],
+            None => Vec::new(),
+        };
+        let csr =
+            scep_gateway::csr::build(&Signer::new(key), &subject, Some(CHALLENGE), &extensions)
+                .unwrap();
+        Device {
+            requester,
+            ra,
+            subject,
+            csr,
         }
-        PkiStatus::Failure => Enrolled::Failure(reply.fail_info.unwrap(), reply.fail_info_text),
-        PkiStatus::Pending => Enrolled::Pending,
     }
+
+    fn pkcsreq(&self, gw: &Gateway) -> Enrolled {
+        self.send(gw, MessageType::PkcsReq, &self.csr)
+    }
+
+    /// CertPoll with IssuerAndSubject (RFC 8894 §3.3.3).
+    fn certpoll(&self, gw: &Gateway, ca: &[u8]) -> Enrolled {
+        let issuer = CertificateFields::parse(ca).unwrap().subject.to_vec();
+        let content = der_sequence(&[&issuer, &self.subject]);
+        self.send(gw, MessageType::CertPoll, &content)
+    }
+
+    fn send(&self, gw: &Gateway, message_type: MessageType, content: &[u8]) -> Enrolled {
+        let spec = MessageSpec {
+            message_type,
+            transaction_id: self.requester.key_transaction_id(),
+            sender_nonce: Nonce::random(),
+            digest: Digest::Sha256,
+            cipher: ContentCipher::Aes256Cbc,
+        };
+        let message = self
+            .requester
+            .pki_message(&spec, &self.ra, content)
+            .unwrap();
+        let response = post(gw.addr, "/scep?operation=PKIOperation", &message);
+        if response.status != 200 {
+            return Enrolled::Http(
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned(),
+            );
+        }
+        let reply = self
+            .requester
+            .read_reply(&response.body, &spec, false)
+            .unwrap();
+        match reply.status {
+            PkiStatus::Success => Enrolled::Certificate(reply.certificates[0].clone()),
+            PkiStatus::Failure => Enrolled::Failure(reply.fail_info.unwrap(), reply.fail_info_text),
+            PkiStatus::Pending => Enrolled::Pending,
+        }
+    }
+}
+
+/// A fresh device, one PKCSReq.
+fn enroll(gw: &Gateway, cn: &str, usage: Option<FlagSet<KeyUsages>>) -> Enrolled {
+    Device::new(gw, cn, usage).pkcsreq(gw)
 }
 
 /// `openssl verify` of `cert` against the CA in `ca_pem`.
@@ -465,24 +508,34 @@ enum Misbehaviour {
     BadSignature,
     /// A SUCCESS CertRep signed by a key it never announced in GetCACert.
     ForeignSigner,
+    /// Works, but answers PKCSReq with PENDING and issues on the first CertPoll.
+    Pending,
+    /// Works, but takes this long to issue.
+    Slow(Duration),
 }
 
 /// A fake upstream: answers GetCACaps and GetCACert properly (so that its probes pass)
-/// and PKIOperation according to `mode`. Runs until the test process ends.
-fn fake_upstream(mode: Misbehaviour) -> String {
+/// and PKIOperation according to `mode`. Runs until the test process ends. Returns its
+/// URL and its CA certificate.
+fn fake_upstream(mode: Misbehaviour) -> (String, Vec<u8>) {
     let ca = fake_ca("fake-upstream-ca");
     let rogue = fake_ca("rogue");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/scep", listener.local_addr().unwrap());
+    let ca_certificate = ca.certificate.to_vec();
+    let pending = Pending::default();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let (ca, rogue) = (ca.clone(), rogue.clone());
-            std::thread::spawn(move || serve_fake(stream, mode, &ca, &rogue));
+            let (ca, rogue, pending) = (ca.clone(), rogue.clone(), pending.clone());
+            std::thread::spawn(move || serve_fake(stream, mode, &ca, &rogue, &pending));
         }
     });
-    url
+    (url, ca_certificate)
 }
+
+/// Certificates a `Pending` fake issued, by transactionID, waiting for a CertPoll.
+type Pending = Arc<Mutex<HashMap<String, Vec<u8>>>>;
 
 fn fake_ca(cn: &str) -> Credential {
     let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
@@ -505,7 +558,13 @@ fn fake_ca(cn: &str) -> Credential {
     }
 }
 
-fn serve_fake(stream: TcpStream, mode: Misbehaviour, ca: &Credential, rogue: &Credential) {
+fn serve_fake(
+    stream: TcpStream,
+    mode: Misbehaviour,
+    ca: &Credential,
+    rogue: &Credential,
+    pending: &Pending,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut stream = stream;
     loop {
@@ -553,6 +612,21 @@ fn serve_fake(stream: TcpStream, mode: Misbehaviour, ca: &Credential, rogue: &Cr
                 Misbehaviour::ForeignSigner => {
                     ("application/x-pki-message", signed_success(&body, rogue))
                 }
+                Misbehaviour::Pending => ("application/x-pki-message", pend(&body, ca, pending)),
+                Misbehaviour::Slow(delay) => {
+                    std::thread::sleep(delay);
+                    let (request, issued) = issue(&body, ca);
+                    let reply = certrep::build(
+                        ca,
+                        &request.header,
+                        Some(request.cipher),
+                        &Outcome::Issued {
+                            certificates: vec![issued.unwrap().into()],
+                        },
+                    )
+                    .unwrap();
+                    ("application/x-pki-message", reply)
+                }
             }
         };
         let head = format!(
@@ -580,12 +654,117 @@ fn signed_success(request: &[u8], signer: &Credential) -> Vec<u8> {
     .unwrap()
 }
 
+/// Opens a request as the fake CA and, for a PKCSReq, issues the certificate.
+fn issue(request: &[u8], ca: &Credential) -> (Request, Option<Vec<u8>>) {
+    let keys = RaKeys {
+        signer: ca.clone(),
+        decrypter: ca.clone(),
+    };
+    let opened = SignedRequest::parse(request)
+        .unwrap()
+        .open(&keys, CryptoPolicy::default())
+        .unwrap();
+    let RequestBody::CertificationRequest(der) = &opened.body else {
+        return (opened, None);
+    };
+    let csr = CertificationRequest::from_der(der).unwrap();
+    let issuer = CertificateFields::parse(&ca.certificate)
+        .unwrap()
+        .subject
+        .to_vec();
+    let now = SystemTime::now();
+    let certificate = Signer::new(ca.key.clone())
+        .sign_certificate(&x509::CertificateFields {
+            serial: &x509::random_serial().unwrap(),
+            issuer: &issuer,
+            subject: csr.subject_der(),
+            public_key_info: csr.public_key_info(),
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(24 * 3600),
+            extensions: Vec::new(),
+        })
+        .unwrap();
+    (opened, Some(certificate))
+}
+
+/// PKCSReq: PENDING (the certificate is kept); CertPoll: SUCCESS with it.
+fn pend(body: &[u8], ca: &Credential, pending: &Pending) -> Vec<u8> {
+    let (request, issued) = issue(body, ca);
+    let id = request.header.transaction_id.as_str().to_owned();
+    let outcome = match issued {
+        Some(certificate) => {
+            pending.lock().unwrap().insert(id, certificate);
+            Outcome::Pending
+        }
+        None => match pending.lock().unwrap().remove(&id) {
+            Some(certificate) => Outcome::Issued {
+                certificates: vec![certificate.into()],
+            },
+            None => Outcome::Failure {
+                info: FailInfo::BadCertId,
+                text: "unknown transaction".into(),
+            },
+        },
+    };
+    certrep::build(ca, &request.header, Some(request.cipher), &outcome).unwrap()
+}
+
+#[test]
+fn an_upstream_pending_becomes_a_certificate_on_the_devices_certpoll() {
+    let (url, ca) = fake_upstream(Misbehaviour::Pending);
+    let mut gw = gateway(vec![
+        scep_ca("slow-approver", &url, 5000),
+        profile("default", &["slow-approver"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "waiting-device", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    // The device's CertPoll makes the gateway poll the upstream once, which issues.
+    let certificate = device.certpoll(&gw, &ca).certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("ca.pem");
+    write_pem(&ca_pem, "CERTIFICATE", &ca);
+    verify_against(&certificate, &ca_pem);
+    // Answered from the store afterwards.
+    assert_eq!(device.certpoll(&gw, &ca).certificate(), certificate);
+    assert_eq!(device.pkcsreq(&gw).certificate(), certificate);
+    gw.assert_healthy();
+}
+
+#[test]
+fn hedging_takes_the_first_answer_and_records_the_slow_duplicate() {
+    let (slow, _) = fake_upstream(Misbehaviour::Slow(Duration::from_millis(4000)));
+    let fast = ScepServer::start("upstream-fast");
+    let mut gw = gateway(vec![
+        // No latency history yet: the hedge fires after half the timeout (2.5 s).
+        scep_ca("slow", &slow, 5000),
+        scep_ca("fast", &fast.url(), 5000),
+        vec![
+            "[[profiles]]".into(),
+            "name = \"default\"".into(),
+            "cas = [\"slow\", \"fast\"]".into(),
+            "strategy = \"hedged\"".into(),
+        ],
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "hedged", None);
+    let started = Instant::now();
+    let certificate = device.pkcsreq(&gw).certificate();
+    let took = started.elapsed();
+    assert!(verify_against(&certificate, &fast.ca_pem()).contains("upstream-fast"));
+    assert!(took < Duration::from_millis(4000), "{took:?}");
+    eventually(Duration::from_secs(5), "the duplicate is recorded", || {
+        log_has(&gw, "slow", "duplicate issuance by hedging")
+    });
+    gw.assert_healthy();
+}
+
 #[test]
 fn garbage_hangs_and_bad_signatures_are_outages_never_a_success() {
-    let garbage = fake_upstream(Misbehaviour::Garbage);
-    let hang = fake_upstream(Misbehaviour::Hang);
-    let bad_signature = fake_upstream(Misbehaviour::BadSignature);
-    let foreign = fake_upstream(Misbehaviour::ForeignSigner);
+    let (garbage, _) = fake_upstream(Misbehaviour::Garbage);
+    let (hang, _) = fake_upstream(Misbehaviour::Hang);
+    let (bad_signature, _) = fake_upstream(Misbehaviour::BadSignature);
+    let (foreign, _) = fake_upstream(Misbehaviour::ForeignSigner);
     let ca = |name: &str, url: &str| {
         let mut lines = scep_ca(name, url, 1500);
         lines.retain(|l| !l.starts_with("failure_threshold"));

@@ -425,10 +425,7 @@ impl UpstreamCa {
     /// One HTTP exchange: 200 and a bounded body, else an outage. The error names the
     /// CA and the cause, never the URL's query (a GET PKIOperation carries the request).
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>> {
-        let mut response = request.send().await.map_err(|e| {
-            let e = e.without_url();
-            self.outage(format_args!("{e}"))
-        })?;
+        let mut response = request.send().await.map_err(|e| self.http_outage(e))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             return Err(self.outage(format_args!("HTTP {status}")));
@@ -440,17 +437,33 @@ impl UpstreamCa {
             return Err(self.outage("answer too large"));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.outage(format_args!("{}", e.without_url())))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.http_outage(e))? {
             if body.len() + chunk.len() > MAX_REPLY_BYTES {
                 return Err(self.outage("answer too large"));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+
+    /// A transport failure, with its causes (reqwest's own message is only "error
+    /// sending request") but without the URL.
+    fn http_outage(&self, error: reqwest::Error) -> Error {
+        if error.is_timeout() {
+            return self.outage(format_args!(
+                "no answer within {} ms",
+                self.settings.timeout.as_millis()
+            ));
+        }
+        let error = error.without_url();
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.outage(text)
     }
 
     fn outage(&self, what: impl std::fmt::Display) -> Error {
