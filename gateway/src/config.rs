@@ -13,7 +13,7 @@ use scep_hsm::Pkcs11KeyConfig;
 use serde::Deserialize;
 
 use crate::ca::embedded::EmbeddedCaConfig;
-use crate::ca::router::{CaEntryConfig, ProfileConfig};
+use crate::ca::profile::{CaEntryConfig, ProfileConfig};
 
 /// Why the configuration cannot be used. Every message names the setting and, where
 /// there is one, the file.
@@ -448,7 +448,7 @@ impl FileConfig {
 
     /// `[ca]`, `[[cas]]` and `[[profiles]]` fit together.
     fn check_cas(&self) -> Result<(), ConfigError> {
-        use crate::ca::router::{self, CaKind};
+        use crate::ca::profile::{self, CaKind};
         let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
         if self.cas.is_empty() {
             if !self.profiles.is_empty() {
@@ -459,7 +459,7 @@ impl FileConfig {
             }
             return Ok(());
         }
-        if let Err(reason) = router::check(&self.cas, &self.profiles) {
+        if let Err(reason) = profile::check(&self.cas, &self.profiles) {
             return invalid("cas", reason);
         }
         if self.ca.is_none() && self.cas.iter().any(|c| c.kind == CaKind::Embedded) {
@@ -691,6 +691,74 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ca.key") && err.contains("pin_env"), "{err}");
+    }
+
+    #[test]
+    fn cas_and_profiles_parse_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = r#"
+[[cas]]
+name = "ndes"
+url = "https://ndes.example/certsrv/mscep/mscep.dll"
+timeout_ms = 5000
+max_in_flight = 4
+[[cas]]
+name = "local"
+kind = "embedded"
+[[profiles]]
+name = "default"
+cas = ["ndes", "local"]
+strategy = "round-robin"
+key_usage = "general"
+queue_when_down = true
+"#;
+        let text = format!("{}{cas}", example("c.txt"));
+        let c = FileConfig::load(&write(dir.path(), &text)).unwrap();
+        assert_eq!(c.cas.len(), 2);
+        assert_eq!(c.cas[0].max_in_flight, 4);
+        assert_eq!(c.cas[0].probe_interval_secs, 5, "defaults fill the rest");
+        assert!(c.profiles[0].queue_when_down);
+
+        // Only upstream CAs: [ca] may go.
+        let without_ca = text
+            .replace("[ca]\n", "")
+            .replace("certificate = \"ca.pem\"\n", "")
+            .replace("key = \"ca.key.pem\"\n", "");
+        let err = FileConfig::load(&write(dir.path(), &without_ca))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("embedded"), "{err}");
+        let upstream_only = without_ca.replace("cas = [\"ndes\", \"local\"]", "cas = [\"ndes\"]");
+        let upstream_only = upstream_only.replace(
+            "name = \"local\"\nkind = \"embedded\"",
+            "name = \"other\"\nurl = \"http://127.0.0.1:9/scep\"",
+        );
+        let c = FileConfig::load(&write(dir.path(), &upstream_only)).unwrap();
+        assert!(c.ca.is_none());
+
+        for (from, to, named) in [
+            (
+                "cas = [\"ndes\", \"local\"]",
+                "cas = [\"nope\"]",
+                "unknown CA",
+            ),
+            (
+                "strategy = \"round-robin\"",
+                "strategy = \"random\"",
+                "random",
+            ),
+            ("timeout_ms = 5000", "timeout_ms = 0", "timeout_ms"),
+            (
+                "url = \"https://ndes.example/certsrv/mscep/mscep.dll\"\n",
+                "",
+                "url",
+            ),
+        ] {
+            let err = FileConfig::load(&write(dir.path(), &text.replace(from, to)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{named}: {err}");
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@ use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use zeroize::Zeroizing;
 
 use crate::ca::embedded::EmbeddedCa;
-use crate::ca::router::{Backend, CaKind, Member, Router};
+use crate::ca::member::{Backend, Member};
+use crate::ca::profile::CaKind;
+use crate::ca::router::Router;
 use crate::ca::upstream::{UpstreamCa, UpstreamSettings};
 use crate::ca::Ca;
 use crate::challenge::static_secret::StaticChallenge;

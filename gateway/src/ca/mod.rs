@@ -1,11 +1,14 @@
 //! Certificate authorities behind one trait, so that the enrollment pipeline never knows
 //! which one answered: the embedded CA, upstream SCEP CAs reached as an RA
 //! ([`upstream`]), and the [`router`] that spreads requests over several of them by
-//! profile, with a circuit breaker per CA ([`breaker`]).
+//! profile ([`profile`]), each CA with its breaker, bound and timeout ([`member`],
+//! [`breaker`]).
 
 pub mod breaker;
 pub mod certificate;
 pub mod embedded;
+pub mod member;
+pub mod profile;
 pub mod router;
 pub mod upstream;
 
