@@ -818,3 +818,40 @@ fn garbage_hangs_and_bad_signatures_are_outages_never_a_success() {
     outage("foreign", "not signed by a known certificate");
     gw.assert_healthy();
 }
+
+#[test]
+fn a_queueing_profile_answers_pending_while_down_and_issues_on_certpoll_after() {
+    let mut a = ScepServer::start("upstream-queue");
+    let mut gw = gateway(vec![
+        scep_ca("a", &a.url(), 3000),
+        vec![
+            "[[profiles]]".into(),
+            "name = \"default\"".into(),
+            "cas = [\"a\"]".into(),
+            "queue_when_down = true".into(),
+        ],
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    a.kill();
+    let device = Device::new(&gw, "queued", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    let ca = common::read_der(&a.ca_pem());
+    assert!(matches!(device.certpoll(&gw, &ca), Enrolled::Pending));
+
+    // Back: once a probe has closed the breaker, the next CertPoll submits the request.
+    eventually(Duration::from_secs(5), "breaker of a opens", || {
+        log_has(&gw, "a", "circuit breaker opened")
+    });
+    a.restart();
+    eventually(
+        Duration::from_secs(10),
+        "a probe closes the breaker",
+        || log_has(&gw, "a", "circuit breaker closed"),
+    );
+    let certificate = match device.certpoll(&gw, &ca) {
+        Enrolled::Certificate(c) => c,
+        other => panic!("{other:?}\n{}", gw.log()),
+    };
+    assert!(verify_against(&certificate, &a.ca_pem()).contains("upstream-queue"));
+    gw.assert_healthy();
+}
