@@ -13,6 +13,7 @@ use scep_hsm::Pkcs11KeyConfig;
 use serde::Deserialize;
 
 use crate::ca::embedded::EmbeddedCaConfig;
+use crate::ca::profile::{CaEntryConfig, ProfileConfig};
 use crate::challenge::intune::IntuneConfig;
 use crate::challenge::one_time::OneTimeConfig;
 use crate::challenge::policy::CsrPolicyConfig;
@@ -46,7 +47,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerConfig,
     pub ra: RaConfig,
-    pub ca: CaConfig,
+    /// The embedded CA. Required unless `[[cas]]` lists only upstream CAs.
+    #[serde(default)]
+    pub ca: Option<CaConfig>,
     /// Issuance policy of the embedded CA (key usage, EKU, validity, key sizes).
     #[serde(default)]
     pub profile: EmbeddedCaConfig,
@@ -60,6 +63,13 @@ pub struct FileConfig {
     /// The next RA/CA set, served by GetNextCACert (RFC 8894 §4.6) ahead of a rollover.
     #[serde(default)]
     pub next: Option<NextConfig>,
+    /// The CAs requests can go to (`[[cas]]`): upstream SCEP CAs and the embedded CA.
+    /// Empty: the embedded CA of `[ca]` serves everything, as one profile "default".
+    #[serde(default)]
+    pub cas: Vec<CaEntryConfig>,
+    /// Which CAs serve which requests (`[[profiles]]`); needed with `[[cas]]`.
+    #[serde(default)]
+    pub profiles: Vec<ProfileConfig>,
 }
 
 /// `[server]`: the listener and the bounds on what a client may make us do.
@@ -435,9 +445,11 @@ impl FileConfig {
         if let Some(k) = self.ra.encryption_key.as_mut() {
             k.resolve(base);
         }
-        fix(&mut self.ca.certificate);
-        self.ca.key.resolve(base);
-        self.ca.chain.iter_mut().for_each(fix);
+        if let Some(ca) = &mut self.ca {
+            fix(&mut ca.certificate);
+            ca.key.resolve(base);
+            ca.chain.iter_mut().for_each(fix);
+        }
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.certificate);
             fix(&mut tls.key);
@@ -488,7 +500,7 @@ impl FileConfig {
         for (setting, key) in [
             ("ra.key", Some(&self.ra.key)),
             ("ra.encryption_key", self.ra.encryption_key.as_ref()),
-            ("ca.key", Some(&self.ca.key)),
+            ("ca.key", self.ca.as_ref().map(|ca| &ca.key)),
         ] {
             if let Some(KeyRef::Pkcs11 { pkcs11 }) = key {
                 pkcs11.check().map_err(|e| ConfigError::Invalid {
@@ -502,7 +514,33 @@ impl FileConfig {
                 return invalid("next.certificates", "lists no certificate");
             }
         }
+        self.check_cas()?;
         self.check_store()
+    }
+
+    /// `[ca]`, `[[cas]]` and `[[profiles]]` fit together.
+    fn check_cas(&self) -> Result<(), ConfigError> {
+        use crate::ca::profile::{self, CaKind};
+        let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if self.cas.is_empty() {
+            if !self.profiles.is_empty() {
+                return invalid("profiles", "[[profiles]] needs [[cas]]".into());
+            }
+            if self.ca.is_none() {
+                return invalid("ca", "the [ca] table is required without [[cas]]".into());
+            }
+            return Ok(());
+        }
+        if let Err(reason) = profile::check(&self.cas, &self.profiles) {
+            return invalid("cas", reason);
+        }
+        if self.ca.is_none() && self.cas.iter().any(|c| c.kind == CaKind::Embedded) {
+            return invalid(
+                "ca",
+                "a [[cas]] entry of kind \"embedded\" needs the [ca] table".into(),
+            );
+        }
+        Ok(())
     }
 
     fn check_store(&self) -> Result<(), ConfigError> {
@@ -718,8 +756,9 @@ mod tests {
         );
         let c = FileConfig::load(&write(dir.path(), &text)).unwrap();
         assert_eq!(c.ra.key, KeyRef::File(dir.path().join("ra.key.pem")));
-        let KeyRef::Pkcs11 { pkcs11 } = &c.ca.key else {
-            panic!("{:?}", c.ca.key)
+        let ca = c.ca.as_ref().unwrap();
+        let KeyRef::Pkcs11 { pkcs11 } = &ca.key else {
+            panic!("{:?}", ca.key)
         };
         assert_eq!(pkcs11.key_label.as_deref(), Some("ca"));
         assert_eq!(pkcs11.pin_file, Some(dir.path().join("pin.txt")));
@@ -736,6 +775,74 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ca.key") && err.contains("pin_env"), "{err}");
+    }
+
+    #[test]
+    fn cas_and_profiles_parse_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = r#"
+[[cas]]
+name = "ndes"
+url = "https://ndes.example/certsrv/mscep/mscep.dll"
+timeout_ms = 5000
+max_in_flight = 4
+[[cas]]
+name = "local"
+kind = "embedded"
+[[profiles]]
+name = "default"
+cas = ["ndes", "local"]
+strategy = "round-robin"
+key_usage = "general"
+queue_when_down = true
+"#;
+        let text = format!("{}{cas}", example("c.txt"));
+        let c = FileConfig::load(&write(dir.path(), &text)).unwrap();
+        assert_eq!(c.cas.len(), 2);
+        assert_eq!(c.cas[0].max_in_flight, 4);
+        assert_eq!(c.cas[0].probe_interval_secs, 5, "defaults fill the rest");
+        assert!(c.profiles[0].queue_when_down);
+
+        // Only upstream CAs: [ca] may go.
+        let without_ca = text
+            .replace("[ca]\n", "")
+            .replace("certificate = \"ca.pem\"\n", "")
+            .replace("key = \"ca.key.pem\"\n", "");
+        let err = FileConfig::load(&write(dir.path(), &without_ca))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("embedded"), "{err}");
+        let upstream_only = without_ca.replace("cas = [\"ndes\", \"local\"]", "cas = [\"ndes\"]");
+        let upstream_only = upstream_only.replace(
+            "name = \"local\"\nkind = \"embedded\"",
+            "name = \"other\"\nurl = \"http://127.0.0.1:9/scep\"",
+        );
+        let c = FileConfig::load(&write(dir.path(), &upstream_only)).unwrap();
+        assert!(c.ca.is_none());
+
+        for (from, to, named) in [
+            (
+                "cas = [\"ndes\", \"local\"]",
+                "cas = [\"nope\"]",
+                "unknown CA",
+            ),
+            (
+                "strategy = \"round-robin\"",
+                "strategy = \"random\"",
+                "random",
+            ),
+            ("timeout_ms = 5000", "timeout_ms = 0", "timeout_ms"),
+            (
+                "url = \"https://ndes.example/certsrv/mscep/mscep.dll\"\n",
+                "",
+                "url",
+            ),
+        ] {
+            let err = FileConfig::load(&write(dir.path(), &text.replace(from, to)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{named}: {err}");
+        }
     }
 
     #[test]

@@ -56,6 +56,8 @@ fn malformed(e: der::Error) -> Error {
 }
 
 /// A PKCS#10 request whose self-signature has verified.
+/// Cloned by the CA router when it hands one request to several CAs at once (hedging).
+#[derive(Clone)]
 pub struct CertificationRequest {
     der: Vec<u8>,
     subject: Vec<u8>,

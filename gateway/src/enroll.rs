@@ -3,7 +3,7 @@
 //! ```text
 //! parse ─▶ verify ─▶ open (RA key) ─▶ by messageType:
 //!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.issued
-//!   CertPoll:           store.get
+//!   CertPoll:           store.get (a PendingUpstream record: ca.poll, once)
 //!   GetCert:            store.certificate
 //!   GetCRL:             ca.crl
 //! ─▶ certrep::build (RA key)
@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::ca::IssueRequest;
+use crate::ca::{IssueOutcome, IssueRequest, Route};
 use crate::challenge::ChallengeContext;
 use crate::cms::algorithms::{ContentCipher, Digest};
 use crate::cms::envelope;
@@ -174,8 +174,11 @@ async fn decide(
             }
         }
         (MessageType::GetCrl, RequestBody::IssuerAndSerial { issuer, .. }) => {
-            let ca_subject = CertificateFields::parse(&gateway.ca.chain()[0])?.subject;
-            if issuer[..] != *ca_subject {
+            let ca_subject = match gateway.ca.chain().first() {
+                Some(ca) => CertificateFields::parse(ca)?.subject,
+                None => &[][..],
+            };
+            if ca_subject.is_empty() || issuer[..] != *ca_subject {
                 return Err(Error::NotFound(
                     "the CRL of an issuer we do not know".into(),
                 ));
@@ -207,9 +210,13 @@ async fn enroll(
         Claim::Existing(Record::Issued { certificate }) => {
             tracing::info!(transaction_id = %header.transaction_id, "retry answered from the store");
             observe::retry_answered("pkcsreq");
-            return Ok(issued(gateway, certificate));
+            let chain = gateway.ca.chain_of(&certificate);
+            return Ok(issued(certificate, chain));
         }
         Claim::Existing(Record::Pending | Record::InProgress) => return Ok(Outcome::Pending),
+        Claim::Existing(Record::PendingUpstream { ticket }) => {
+            return resume(gateway, &key, header, &ticket).await
+        }
         Claim::Conflict => {
             return Err(Error::Refused(
                 "this transactionID belongs to another public key".into(),
@@ -218,20 +225,7 @@ async fn enroll(
     }
 
     match authorize_and_issue(gateway, &key, header, &csr, client_addr).await {
-        Ok(certificate) => {
-            let fields = CertificateFields::parse(&certificate)?;
-            // The certificate exists now: losing it from the store must not lose it
-            // from the reply. (If the store is down here, the claim stays InProgress
-            // until its lease lapses: retries get PENDING meanwhile.)
-            if let Err(e) = gateway
-                .store
-                .issued(&key, fields.issuer, fields.serial, certificate.clone())
-                .await
-            {
-                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
-            }
-            Ok(issued(gateway, certificate))
-        }
+        Ok(outcome) => record(gateway, &key, header, outcome).await,
         Err(e) => {
             // Also after a withheld certificate (a failed Intune success notification):
             // the retry runs again instead of being answered with that certificate.
@@ -240,6 +234,67 @@ async fn enroll(
             }
             Err(e)
         }
+    }
+}
+
+/// Records what the CA decided and turns it into the reply.
+async fn record(
+    gateway: &Gateway,
+    key: &TransactionKey,
+    header: &RequestHeader,
+    outcome: IssueOutcome,
+) -> Result<Outcome> {
+    match outcome {
+        IssueOutcome::Issued { issued: new, chain } => {
+            let certificate = new.certificate;
+            let fields = CertificateFields::parse(&certificate)?;
+            // The certificate exists now: losing it from the store must not lose it
+            // from the reply. (If the store is down here, the claim stays InProgress
+            // until its lease lapses: retries get PENDING meanwhile.)
+            if let Err(e) = gateway
+                .store
+                .issued(key, fields.issuer, fields.serial, certificate.clone())
+                .await
+            {
+                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
+            }
+            Ok(issued(certificate, chain))
+        }
+        IssueOutcome::Pending { ticket } => {
+            // Without the record the device's CertPoll could not be answered: an
+            // error (503) here lets the device retry its PKCSReq instead.
+            gateway
+                .store
+                .finish(
+                    key,
+                    Record::PendingUpstream {
+                        ticket: ticket.into(),
+                    },
+                )
+                .await?;
+            tracing::info!(transaction_id = %header.transaction_id, "the CA deferred the request (PENDING)");
+            Ok(Outcome::Pending)
+        }
+    }
+}
+
+/// A deferred request asked about again (CertPoll, or the PKCSReq resent): the CA is
+/// asked once. Still undecided, or the CA is down: PENDING. Refused: FAILURE; the record
+/// stays until it expires, and each later CertPoll asks the CA again.
+async fn resume(
+    gateway: &Gateway,
+    key: &TransactionKey,
+    header: &RequestHeader,
+    ticket: &[u8],
+) -> Result<Outcome> {
+    match gateway.ca.poll(ticket).await {
+        Ok(IssueOutcome::Pending { ticket: again }) if again == ticket => Ok(Outcome::Pending),
+        Ok(outcome) => record(gateway, key, header, outcome).await,
+        Err(Error::Unavailable(reason)) => {
+            tracing::info!(transaction_id = %header.transaction_id, reason = %reason, "pending request: the CA is still unavailable");
+            Ok(Outcome::Pending)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -256,7 +311,7 @@ async fn authorize_and_issue(
     header: &RequestHeader,
     csr: &CertificationRequest,
     client_addr: Option<SocketAddr>,
-) -> Result<Arc<[u8]>> {
+) -> Result<IssueOutcome> {
     let signed_by_ours = key.renewing.is_some();
     let renewing = match header.message_type {
         MessageType::RenewalReq if !gateway.renewal.allow => {
@@ -302,15 +357,21 @@ async fn authorize_and_issue(
         }
         Some(validated)
     };
-    let issued = match gateway
+    let route = Route {
+        profile: validated.as_ref().and_then(|v| v.profile.as_deref()),
+    };
+    let outcome = match gateway
         .ca
-        .issue(IssueRequest {
-            csr,
-            renewing: renewing.then_some(&header.signer_certificate[..]),
-        })
+        .submit(
+            IssueRequest {
+                csr,
+                renewing: renewing.then_some(&header.signer_certificate[..]),
+            },
+            route,
+        )
         .await
     {
-        Ok(issued) => issued,
+        Ok(outcome) => outcome,
         Err(e) => {
             if validated.is_some() {
                 gateway.challenge.notify_failed(&ctx, &e).await;
@@ -318,25 +379,27 @@ async fn authorize_and_issue(
             return Err(e);
         }
     };
-    if validated.is_some() {
-        if let Err(e) = gateway.challenge.notify_issued(&ctx, &issued).await {
-            tracing::warn!(
-                transaction_id = %header.transaction_id,
-                serial = %hex::encode(&issued.serial),
-                error = %e,
-                "certificate issued but withheld: the challenge validator did not acknowledge it"
-            );
-            gateway.challenge.notify_failed(&ctx, &e).await;
-            return Err(e);
+    if let IssueOutcome::Issued { issued, .. } = &outcome {
+        if validated.is_some() {
+            if let Err(e) = gateway.challenge.notify_issued(&ctx, issued).await {
+                tracing::warn!(
+                    transaction_id = %header.transaction_id,
+                    serial = %hex::encode(&issued.serial),
+                    error = %e,
+                    "certificate issued but withheld: the challenge validator did not acknowledge it"
+                );
+                gateway.challenge.notify_failed(&ctx, &e).await;
+                return Err(e);
+            }
         }
+        tracing::info!(
+            transaction_id = %header.transaction_id,
+            serial = %hex::encode(&issued.serial),
+            renewal = renewing,
+            "certificate issued"
+        );
     }
-    tracing::info!(
-        transaction_id = %header.transaction_id,
-        serial = %hex::encode(&issued.serial),
-        renewal = renewing,
-        "certificate issued"
-    );
-    Ok(issued.certificate)
+    Ok(outcome)
 }
 
 /// CertPoll (RFC 8894 §3.3.3): the state of a transaction, from the store.
@@ -345,9 +408,11 @@ async fn poll(gateway: &Gateway, header: &RequestHeader) -> Result<Outcome> {
     match gateway.store.get(&key).await? {
         Some(Record::Issued { certificate }) => {
             observe::retry_answered("certpoll");
-            Ok(issued(gateway, certificate))
+            let chain = gateway.ca.chain_of(&certificate);
+            Ok(issued(certificate, chain))
         }
         Some(Record::Pending | Record::InProgress) => Ok(Outcome::Pending),
+        Some(Record::PendingUpstream { ticket }) => resume(gateway, &key, header, &ticket).await,
         None => Err(Error::NotFound("no such transaction".into())),
     }
 }
@@ -367,11 +432,12 @@ fn transaction_key(gateway: &Gateway, header: &RequestHeader) -> Result<Transact
     ))
 }
 
-/// SUCCESS with the new certificate first, then the CA chain (what micromdm and NDES
-/// send, and what clients that build the chain from the reply expect).
-fn issued(gateway: &Gateway, certificate: Arc<[u8]>) -> Outcome {
-    let mut certificates = Vec::with_capacity(1 + gateway.ca.chain().len());
+/// SUCCESS with the new certificate first, then the chain of the CA that issued it
+/// (what micromdm and NDES send, and what clients that build the chain from the reply
+/// expect).
+fn issued(certificate: Arc<[u8]>, chain: Vec<Arc<[u8]>>) -> Outcome {
+    let mut certificates = Vec::with_capacity(1 + chain.len());
     certificates.push(certificate);
-    certificates.extend(gateway.ca.chain().iter().cloned());
+    certificates.extend(chain);
     Outcome::Issued { certificates }
 }

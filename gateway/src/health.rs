@@ -71,6 +71,10 @@ async fn checks(gateway: &Gateway) -> Vec<Check> {
             name: "hsm",
             result: keys_health(gateway).await,
         },
+        Check {
+            name: "cas",
+            result: gateway.ca.health().map_err(|e| short(&e)),
+        },
     ]
 }
 

@@ -197,7 +197,10 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
             println!("admin (metrics, probes) on http://{}", admin.local_addr());
         }
         let scheme = if server.is_tls() { "https" } else { "http" };
-        let fingerprint = init::fingerprint(&gateway.ca.chain()[0]);
+        let fingerprint = gateway.ca.chain().first().map_or_else(
+            || "(upstream CAs only)".to_owned(),
+            |ca| init::fingerprint(ca),
+        );
         println!(
             "SCEP gateway listening on {scheme}://{}/scep",
             server.local_addr()

@@ -16,6 +16,10 @@ use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use zeroize::Zeroizing;
 
 use crate::ca::embedded::EmbeddedCa;
+use crate::ca::member::{Backend, Member};
+use crate::ca::profile::CaKind;
+use crate::ca::router::Router;
+use crate::ca::upstream::{UpstreamCa, UpstreamSettings};
 use crate::ca::Ca;
 use crate::challenge::intune::IntuneChallenge;
 use crate::challenge::one_time::OneTimeChallenge;
@@ -59,6 +63,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The GetCACert answer for the CA identifier `message` (RFC 8894 §4.2): the answer
+    /// prepared at start, or, with upstream CAs (whose chains are learnt at run time),
+    /// the RA certificates and the chains of the profile `message` names.
+    pub fn ca_cert_for(&self, identifier: Option<&str>) -> CaCertAnswer {
+        match self.ca.ca_chain(identifier) {
+            None => self.ca_cert.clone(),
+            Some(chain) => cacert::ca_cert(&self.ra, &chain),
+        }
+    }
+
     /// Loads keys and certificates and assembles the gateway.
     pub fn from_config(config: &FileConfig) -> Result<Self, ConfigError> {
         Self::with_store(config, None)
@@ -139,41 +153,31 @@ impl Gateway {
             previous,
         };
 
-        let ca_credential = load_credential(
-            "ca.certificate",
-            &config.ca.certificate,
-            "ca.key",
-            &config.ca.key,
-            Purpose::SIGN,
-        )?;
         let mut keys = vec![
             ("ra.key", ra.signer.key.clone()),
             ("ra.encryption_key", ra.decrypter.key.clone()),
-            ("ca.key", ca_credential.key.clone()),
         ];
         keys.extend(
             ra.previous
                 .iter()
                 .map(|c| ("ra.previous.key", c.key.clone())),
         );
-        require_usage(
-            "ca.certificate",
-            &config.ca.certificate,
-            &ca_credential.certificate,
-            Usage::Ca,
-        )?;
-        let mut chain_above = Vec::new();
-        for path in &config.ca.chain {
-            chain_above.extend(load_certificates("ca.chain", path)?);
-        }
-        let ca =
-            EmbeddedCa::new(ca_credential, chain_above, config.profile.clone()).map_err(|e| {
-                ConfigError::Invalid {
-                    setting: "profile",
-                    reason: e.to_string(),
-                }
-            })?;
-        let ca: Arc<dyn Ca> = Arc::new(ca);
+        let embedded = match &config.ca {
+            Some(ca_config) => {
+                let ca = load_embedded(ca_config, config)?;
+                keys.push(("ca.key", ca.1));
+                Some(ca.0)
+            }
+            None => None,
+        };
+        let store = match store {
+            Some(store) => store,
+            None => build_store(&config.store)?,
+        };
+        let ca: Arc<dyn Ca> = match embedded {
+            Some(ca) if config.cas.is_empty() => ca,
+            embedded => build_router(config, &ra, embedded, store.clone())?,
+        };
 
         let next = match &config.next {
             Some(next) => {
@@ -209,10 +213,6 @@ impl Gateway {
                 "[store] claim_lease_secs is below [server] request_timeout_secs: a slow replica may finish a transaction another one re-claimed"
             );
         }
-        let store = match store {
-            Some(store) => store,
-            None => build_store(&config.store)?,
-        };
         Ok(Gateway {
             ca_cert: cacert::ca_cert(&ra, ca.chain()),
             ra,
@@ -230,6 +230,95 @@ impl Gateway {
             readiness: Arc::default(),
         })
     }
+}
+
+/// The embedded CA and its signing key (for readiness).
+type EmbeddedAndKey = (Arc<dyn Ca>, Arc<dyn Key>);
+
+/// The embedded CA of `[ca]` (with the `[profile]` policy) and its key.
+fn load_embedded(
+    ca_config: &crate::config::CaConfig,
+    config: &FileConfig,
+) -> Result<EmbeddedAndKey, ConfigError> {
+    let ca_credential = load_credential(
+        "ca.certificate",
+        &ca_config.certificate,
+        "ca.key",
+        &ca_config.key,
+        Purpose::SIGN,
+    )?;
+    let key = ca_credential.key.clone();
+    require_usage(
+        "ca.certificate",
+        &ca_config.certificate,
+        &ca_credential.certificate,
+        Usage::Ca,
+    )?;
+    let mut chain_above = Vec::new();
+    for path in &ca_config.chain {
+        chain_above.extend(load_certificates("ca.chain", path)?);
+    }
+    let ca = EmbeddedCa::new(ca_credential, chain_above, config.profile.clone()).map_err(|e| {
+        ConfigError::Invalid {
+            setting: "profile",
+            reason: e.to_string(),
+        }
+    })?;
+    Ok((Arc::new(ca), key))
+}
+
+/// The CA router of `[[cas]]` and `[[profiles]]` (see [`crate::ca::router`]). Inside a
+/// tokio runtime (as `serve` builds it) the upstream CAs' probes start at once; their
+/// first probe learns each upstream's chain.
+fn build_router(
+    config: &FileConfig,
+    ra: &RaKeys,
+    embedded: Option<Arc<dyn Ca>>,
+    store: Arc<dyn Store>,
+) -> Result<Arc<dyn Ca>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        setting: "cas",
+        reason,
+    };
+    let mut members = Vec::with_capacity(config.cas.len());
+    for entry in &config.cas {
+        let backend = match entry.kind {
+            CaKind::Embedded => Backend::Embedded(
+                embedded
+                    .clone()
+                    .ok_or_else(|| invalid("kind = \"embedded\" needs [ca]".into()))?,
+            ),
+            CaKind::Scep => {
+                let url = reqwest::Url::parse(entry.url.as_deref().unwrap_or_default())
+                    .map_err(|e| invalid(format!("{}: url: {e}", entry.name)))?;
+                let settings = UpstreamSettings {
+                    name: entry.name.clone(),
+                    url,
+                    timeout: Duration::from_millis(entry.timeout_ms),
+                    legacy_des: entry.legacy_des,
+                    cipher: entry.cipher,
+                    digest: entry.digest,
+                    refresh: Duration::from_secs(entry.refresh_secs),
+                };
+                let upstream = UpstreamCa::new(settings, ra)
+                    .map_err(|reason| invalid(format!("{}: {reason}", entry.name)))?;
+                Backend::Upstream(Arc::new(upstream))
+            }
+        };
+        members.push(Member::new(entry, backend));
+    }
+    let router = Router::new(members, &config.profiles, store).map_err(invalid)?;
+    if tokio::runtime::Handle::try_current().is_ok() {
+        router.start();
+    } else {
+        tracing::warn!("no async runtime: upstream CAs are not probed");
+    }
+    tracing::info!(
+        cas = config.cas.len(),
+        profiles = config.profiles.len(),
+        "CA router: requests go to profiles of CAs"
+    );
+    Ok(Arc::new(router))
 }
 
 /// The configured transaction store. The Redis store connects lazily: a gateway started

@@ -260,7 +260,8 @@ fn check_overlay(overlay: &str) {
     {
         needed.push(v.clone());
     }
-    for key in [&config.ra.key, &config.ca.key] {
+    let ca_key = config.ca.as_ref().map(|ca| &ca.key);
+    for key in std::iter::once(&config.ra.key).chain(ca_key) {
         if let KeyRef::Pkcs11 { pkcs11 } = key {
             needed.extend(pkcs11.pin_env.clone());
             assert!(

@@ -1,8 +1,16 @@
 //! Certificate authorities behind one trait, so that the enrollment pipeline never knows
-//! which one answered: the embedded CA today, upstream SCEP CAs reached as an RA later.
+//! which one answered: the embedded CA, upstream SCEP CAs reached as an RA
+//! ([`upstream`]), and the [`router`] that spreads requests over several of them by
+//! profile ([`profile`]), each CA with its breaker, bound and timeout ([`member`],
+//! [`breaker`]).
 
+pub mod breaker;
 pub mod certificate;
 pub mod embedded;
+pub mod member;
+pub mod profile;
+pub mod router;
+pub mod upstream;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +38,29 @@ pub struct Issued {
     pub serial: Vec<u8>,
 }
 
+/// What a CA made of a request: a certificate now, or a decision later (an upstream CA
+/// answered PENDING, RFC 8894 §3.3.2, or every CA of a queueing profile was down).
+#[derive(Debug, Clone)]
+pub enum IssueOutcome {
+    /// The certificate and the chain to send after it in the CertRep.
+    Issued {
+        issued: Issued,
+        chain: Vec<Arc<[u8]>>,
+    },
+    /// Not decided yet. `ticket` is opaque to the pipeline: it is kept in the store
+    /// ([`crate::store::Record::PendingUpstream`]) and handed back to [`Ca::poll`] on the
+    /// device's CertPoll.
+    Pending { ticket: Vec<u8> },
+}
+
+/// Hints for choosing where a request goes, besides its CSR.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Route<'a> {
+    /// A profile named by the challenge check (an Intune/webhook answer), overriding the
+    /// key-usage selection.
+    pub profile: Option<&'a str>,
+}
+
 /// A certificate authority.
 pub trait Ca: Send + Sync + std::fmt::Debug {
     /// Issues a certificate for `request`. A policy refusal is `Error::Refused`; an
@@ -51,5 +82,46 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
     /// The embedded CA keeps this default; every other CA overrides it.
     fn name(&self) -> &str {
         "embedded"
+    }
+
+    /// Issues or defers: what the pipeline calls. A CA that always decides at once
+    /// (the embedded one) keeps this default.
+    fn submit<'a>(
+        &'a self,
+        request: IssueRequest<'a>,
+        _route: Route<'a>,
+    ) -> BoxFuture<'a, Result<IssueOutcome>> {
+        Box::pin(async move {
+            let issued = self.issue(request).await?;
+            Ok(IssueOutcome::Issued {
+                issued,
+                chain: self.chain().to_vec(),
+            })
+        })
+    }
+
+    /// Asks again about a deferred request (the device's CertPoll, RFC 8894 §3.3.3).
+    fn poll<'a>(&'a self, _ticket: &'a [u8]) -> BoxFuture<'a, Result<IssueOutcome>> {
+        Box::pin(std::future::ready(Err(crate::error::Error::NotFound(
+            "no pending request of this CA".into(),
+        ))))
+    }
+
+    /// The chain to send after `certificate` (which this CA, or one behind it, issued)
+    /// when a retry or CertPoll is answered from the store.
+    fn chain_of(&self, _certificate: &[u8]) -> Vec<Arc<[u8]>> {
+        self.chain().to_vec()
+    }
+
+    /// The CA chain GetCACert serves for the CA identifier `message` (RFC 8894 §4.2),
+    /// when it is only known at run time (upstream CAs). `None`: the chain is
+    /// [`Ca::chain`] and GetCACert is the answer prepared at start.
+    fn ca_chain(&self, _identifier: Option<&str>) -> Option<Vec<Arc<[u8]>>> {
+        None
+    }
+
+    /// Whether every profile can be served now (readiness). A short reason otherwise.
+    fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
     }
 }

@@ -143,8 +143,9 @@ async fn route(
             None,
         ),
         (Method::GET | Method::HEAD, "GetCACert") => {
-            // `message` may name a CA profile; with one CA every name gets the same answer.
-            let answer = &gateway.ca_cert;
+            // `message` is the CA identifier: it names a CA profile (ca::router); with
+            // the embedded CA alone every name gets the same answer.
+            let answer = gateway.ca_cert_for(query.message_text().as_deref());
             (
                 with_type(StatusCode::OK, answer.content_type, answer.body.clone()),
                 None,

@@ -136,9 +136,42 @@ impl Requester {
     /// requester's key. Checks that it answers `spec` (transactionID echoed,
     /// recipientNonce = our senderNonce). `legacy_des` allows a DES/3DES reply.
     pub fn read_reply(&self, reply: &[u8], spec: &MessageSpec, legacy_des: bool) -> Result<Reply> {
+        self.read_reply_from(reply, spec, legacy_des, None)
+    }
+
+    /// [`Requester::read_reply`] for a reply that must come from a CA we already know:
+    /// the signer must be one of `trusted` (the upstream's RA/CA certificates learnt with
+    /// GetCACert) and the signature must verify with that certificate, never merely with
+    /// a certificate the reply carries itself (anyone can sign a reply with their own).
+    pub fn read_trusted_reply(
+        &self,
+        reply: &[u8],
+        spec: &MessageSpec,
+        legacy_des: bool,
+        trusted: &[Vec<u8>],
+    ) -> Result<Reply> {
+        self.read_reply_from(reply, spec, legacy_des, Some(trusted))
+    }
+
+    fn read_reply_from(
+        &self,
+        reply: &[u8],
+        spec: &MessageSpec,
+        legacy_des: bool,
+        trusted: Option<&[Vec<u8>]>,
+    ) -> Result<Reply> {
         let signed = SignedData::parse(reply)?;
         let signer = signed.single_signer()?;
-        let signer_certificate = signed.signer_certificate(signer)?.to_vec();
+        let signer_certificate = match trusted {
+            None => signed.signer_certificate(signer)?.to_vec(),
+            Some(trusted) => trusted
+                .iter()
+                .find(|c| signed::CertificateFields::parse(c).is_ok_and(|f| f.matches(&signer.sid)))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::BadSignature("the reply is not signed by a known certificate".into())
+                })?,
+        };
         signed.verify_signer(signer, &signer_certificate)?;
         let message_type = text_attribute(signer, &oid::MESSAGE_TYPE)?;
         if MessageType::from_code(message_type) != Some(MessageType::CertRep) {

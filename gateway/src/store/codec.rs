@@ -1,7 +1,7 @@
 //! The bytes a shared store keeps for one transaction.
 //!
 //! ```text
-//! version (1) │ state (1) │ key_hash (32) │ certificate DER (Issued only)
+//! version (1) │ state (1) │ key_hash (32) │ certificate DER (Issued) or ticket (PendingUpstream)
 //! ```
 //! Hand-written rather than serde: three fields, no dependency, and the InProgress value
 //! is a fixed 34-byte string that a Lua script can compare byte for byte
@@ -17,6 +17,7 @@ const VERSION: u8 = 1;
 const IN_PROGRESS: u8 = 0;
 const PENDING: u8 = 1;
 const ISSUED: u8 = 2;
+const PENDING_UPSTREAM: u8 = 3;
 const HEADER: usize = 2 + 32;
 
 /// Encodes `record` as claimed by the key with hash `key_hash`.
@@ -25,6 +26,7 @@ pub fn encode(key_hash: &[u8; 32], record: &Record) -> Vec<u8> {
         Record::InProgress => (IN_PROGRESS, &[]),
         Record::Pending => (PENDING, &[]),
         Record::Issued { certificate } => (ISSUED, certificate),
+        Record::PendingUpstream { ticket } => (PENDING_UPSTREAM, ticket),
     };
     let mut out = Vec::with_capacity(HEADER + certificate.len());
     out.push(VERSION);
@@ -49,6 +51,9 @@ pub fn decode(bytes: &[u8]) -> Result<([u8; 32], Record)> {
         (ISSUED, false) => Record::Issued {
             certificate: Arc::from(rest),
         },
+        (PENDING_UPSTREAM, false) => Record::PendingUpstream {
+            ticket: Arc::from(rest),
+        },
         _ => return Err(bad()),
     };
     Ok((key_hash, record))
@@ -64,6 +69,9 @@ mod tests {
         for record in [
             Record::InProgress,
             Record::Pending,
+            Record::PendingUpstream {
+                ticket: Arc::from(&b"\x01ticket"[..]),
+            },
             Record::Issued {
                 certificate: Arc::from(&b"\x30\x03\x02\x01\x01"[..]),
             },

@@ -68,6 +68,9 @@ pub enum Record {
     InProgress,
     /// The CA has not decided yet; CertPoll answers PENDING.
     Pending,
+    /// An upstream CA answered PENDING, or every CA of a queueing profile was down:
+    /// CertPoll asks again with this ticket (opaque here; see `ca::Ca::poll`).
+    PendingUpstream { ticket: Arc<[u8]> },
     /// The certificate was issued; every retry and CertPoll gets it again.
     Issued { certificate: Arc<[u8]> },
 }

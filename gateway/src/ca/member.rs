@@ -1,0 +1,217 @@
+//! One CA as the router uses it: its backend (embedded or upstream), its circuit
+//! breaker, its bound on requests in flight, its timeout, its recent latencies, and the
+//! active probe loop of an upstream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::breaker::{Breaker, BreakerSettings, LatencyWindow, Permit, Transition};
+use super::profile::CaEntryConfig;
+use super::upstream::UpstreamCa;
+use super::{BoxFuture, Ca, IssueOutcome, IssueRequest, Route};
+use crate::csr::CertificationRequest;
+use crate::error::{Error, Result};
+
+/// A CA the router can send to.
+#[derive(Debug)]
+pub enum Backend {
+    Embedded(Arc<dyn Ca>),
+    Upstream(Arc<UpstreamCa>),
+}
+
+/// A request as the router keeps it: owned, so that hedged attempts can outlive the
+/// device's request.
+#[derive(Debug)]
+pub(super) struct Owned {
+    pub(super) csr: CertificationRequest,
+    pub(super) renewing: Option<Vec<u8>>,
+}
+
+/// One CA of the router.
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    pub(super) backend: Backend,
+    pub(super) breaker: Breaker,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    probe_interval: Duration,
+    latency: LatencyWindow,
+}
+
+/// Re-opens the trial slot if a trial request is dropped before it tells anything.
+struct TrialGuard<'a>(Option<&'a Breaker>);
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0 {
+            breaker.trial_abandoned();
+        }
+    }
+}
+
+impl Member {
+    pub fn new(config: &CaEntryConfig, backend: Backend) -> Self {
+        Member {
+            name: config.name.clone(),
+            backend,
+            breaker: Breaker::new(BreakerSettings {
+                failure_threshold: config.failure_threshold,
+                initial_backoff: Duration::from_millis(config.backoff_initial_ms),
+                max_backoff: Duration::from_millis(
+                    config.backoff_max_ms.max(config.backoff_initial_ms),
+                ),
+            }),
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            timeout: Duration::from_millis(config.timeout_ms),
+            probe_interval: Duration::from_secs(config.probe_interval_secs),
+            latency: LatencyWindow::default(),
+        }
+    }
+
+    /// Sends `request` to this CA, through its breaker, bound and timeout, and feeds the
+    /// breaker with the result.
+    pub(super) async fn attempt(self: Arc<Self>, request: Arc<Owned>) -> Result<IssueOutcome> {
+        self.guarded(|backend| {
+            Box::pin(async move {
+                match backend {
+                    Backend::Embedded(ca) => {
+                        ca.submit(
+                            IssueRequest {
+                                csr: &request.csr,
+                                renewing: request.renewing.as_deref(),
+                            },
+                            Route::default(),
+                        )
+                        .await
+                    }
+                    Backend::Upstream(ca) => ca.enroll(&request.csr).await,
+                }
+            })
+        })
+        .await
+    }
+
+    /// Asks this CA about a deferred request.
+    pub(super) async fn poll(self: Arc<Self>, ticket: Vec<u8>) -> Result<IssueOutcome> {
+        self.guarded(|backend| {
+            Box::pin(async move {
+                match backend {
+                    Backend::Embedded(ca) => ca.poll(&ticket).await,
+                    Backend::Upstream(ca) => ca.poll_ticket(&ticket).await,
+                }
+            })
+        })
+        .await
+    }
+
+    async fn guarded<'a, F>(&'a self, call: F) -> Result<IssueOutcome>
+    where
+        F: FnOnce(&'a Backend) -> BoxFuture<'a, Result<IssueOutcome>>,
+    {
+        let permit = self.breaker.allow();
+        if permit == Permit::Refused {
+            return Err(Error::Unavailable(format!(
+                "CA {}: circuit breaker open",
+                self.name
+            )));
+        }
+        let mut trial = TrialGuard((permit == Permit::Trial).then_some(&self.breaker));
+        let Ok(_slot) = self.permits.clone().try_acquire_owned() else {
+            return Err(Error::Unavailable(format!(
+                "CA {}: max_in_flight requests already in flight",
+                self.name
+            )));
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call(&self.backend))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "CA {}: no answer within {} ms",
+                    self.name,
+                    self.timeout.as_millis()
+                )))
+            });
+        trial.0 = None;
+        match &result {
+            Err(e @ Error::Unavailable(_)) => self.outage(e),
+            _ => {
+                self.latency.record(started.elapsed());
+                self.answered("a request");
+            }
+        }
+        result
+    }
+
+    fn outage(&self, error: &Error) {
+        tracing::info!(ca = %self.name, error = %error, "CA unavailable");
+        if let Some(Transition::Opened { backoff }) = self.breaker.failure() {
+            tracing::warn!(ca = %self.name, backoff_ms = backoff.as_millis() as u64, error = %error, "circuit breaker opened: CA unavailable, requests go to the next CA");
+        }
+    }
+
+    fn answered(&self, by: &str) {
+        if let Some(Transition::Closed) = self.breaker.success() {
+            tracing::info!(ca = %self.name, by, "circuit breaker closed: CA answers again");
+        }
+    }
+
+    /// Up for readiness: its breaker is not open and, for an upstream, its chain has
+    /// been learnt (GetCACert must be able to serve it).
+    pub(super) fn is_up(&self) -> bool {
+        self.breaker.is_healthy()
+            && match &self.backend {
+                Backend::Embedded(_) => true,
+                Backend::Upstream(ca) => !ca.current_chain().is_empty(),
+            }
+    }
+
+    /// How long a hedged request waits for this CA before asking the next one.
+    pub(super) fn hedge_delay(&self) -> Duration {
+        self.latency.p95().unwrap_or(self.timeout / 2)
+    }
+
+    /// The chain of this CA as known now.
+    pub(super) fn chain(&self) -> Vec<Arc<[u8]>> {
+        match &self.backend {
+            Backend::Embedded(ca) => ca.chain().to_vec(),
+            Backend::Upstream(ca) => ca.current_chain(),
+        }
+    }
+
+    /// The active probe loop of an upstream CA: GetCACaps (and GetCACert when due) every
+    /// `probe_interval`. An answer closes the breaker; an outage counts like a failed
+    /// request. A CA unreachable at start opens at once.
+    pub(super) async fn probe_forever(self: Arc<Self>) {
+        let Backend::Upstream(ca) = &self.backend else {
+            return;
+        };
+        let mut first = true;
+        loop {
+            let result = tokio::time::timeout(self.timeout, ca.probe())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable(format!(
+                        "CA {}: probe not answered within {} ms",
+                        self.name,
+                        self.timeout.as_millis()
+                    )))
+                });
+            match result {
+                Ok(()) => self.answered("the probe"),
+                Err(e) if first => {
+                    tracing::warn!(ca = %self.name, error = %e, "CA unreachable at start");
+                    if let Some(Transition::Opened { backoff }) = self.breaker.force_open() {
+                        tracing::warn!(ca = %self.name, backoff_ms = backoff.as_millis() as u64, "circuit breaker opened: CA unavailable, requests go to the next CA");
+                    }
+                }
+                Err(e) => self.outage(&e),
+            }
+            first = false;
+            tokio::time::sleep(self.probe_interval).await;
+        }
+    }
+}

@@ -1,0 +1,858 @@
+//! Upstream CAs end to end: a real `scep-gateway` process in front of real micromdm
+//! `scepserver` processes (Debian's `scep` package; a missing binary fails the test),
+//! and of tiny fake upstreams that misbehave. Devices are driven with the library's own
+//! requester (`scep::client`), certificates checked with `openssl verify`.
+//!
+//! scepserver 2.1.0 is not safe above one request at a time, so every scepserver CA is
+//! configured with `max_in_flight = 1` and the enrollments run one after another.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{
+    get, openssl_verify, openssl_x509, post, require_tool, write_pem, Gateway, Options, CHALLENGE,
+};
+use der::flagset::FlagSet;
+use scep_gateway::ca::certificate::{self as x509, common_name, Signer};
+use scep_gateway::cms::algorithms::{ContentCipher, Digest};
+use scep_gateway::cms::ber::der_sequence;
+use scep_gateway::cms::signed::CertificateFields;
+use scep_gateway::csr::CertificationRequest;
+use scep_gateway::ra::{Credential, RaKeys};
+use scep_gateway::scep::certrep::{self, Outcome};
+use scep_gateway::scep::client::{ca_certificates, encryption_certificate, MessageSpec, Requester};
+use scep_gateway::scep::message::{FailInfo, MessageType, Nonce, PkiStatus};
+use scep_gateway::scep::request::{CryptoPolicy, Request, RequestBody, SignedRequest};
+use scep_hsm::{Key, SoftwareKey};
+use x509_cert::ext::pkix::KeyUsages;
+
+// ---------------------------------------------------------------------------------
+// A micromdm scepserver on a loopback port, with its own depot
+// ---------------------------------------------------------------------------------
+
+struct ScepServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl ScepServer {
+    /// Makes a CA (`O=<org>`) and starts the server on a free port.
+    fn start(org: &str) -> ScepServer {
+        let bin = require_tool("scepserver");
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(&bin)
+            .args(["ca", "-init", "-depot"])
+            .arg(dir.path().join("depot"))
+            .args(["-keySize", "2048", "-organization", org])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scepserver ca -init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut server = ScepServer {
+            dir,
+            port,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// (Re)starts the server on its port and waits until it answers GetCACaps.
+    fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("scepserver.log"))
+            .unwrap();
+        let child = Command::new(require_tool("scepserver"))
+            .arg("-depot")
+            .arg(self.dir.path().join("depot"))
+            .args(["-port", &self.port.to_string()])
+            .args(["-challenge", CHALLENGE, "-allowrenew", "0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                drop(stream);
+                let caps = get(
+                    format!("127.0.0.1:{}", self.port).parse().unwrap(),
+                    "/scep?operation=GetCACaps",
+                );
+                if caps.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "scepserver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/scep", self.port)
+    }
+
+    fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("depot").join("ca.pem")
+    }
+}
+
+impl Drop for ScepServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------
+// Gateway configuration
+// ---------------------------------------------------------------------------------
+
+/// A `[[cas]]` entry for a scepserver-like upstream: one request at a time, fast probes,
+/// DES replies accepted.
+fn scep_ca(name: &str, url: &str, timeout_ms: u64) -> Vec<String> {
+    vec![
+        "[[cas]]".into(),
+        format!("name = \"{name}\""),
+        "kind = \"scep\"".into(),
+        format!("url = \"{url}\""),
+        format!("timeout_ms = {timeout_ms}"),
+        "max_in_flight = 1".into(),
+        "probe_interval_secs = 1".into(),
+        "legacy_des = true".into(),
+        "failure_threshold = 2".into(),
+        "backoff_initial_ms = 1000".into(),
+        "backoff_max_ms = 4000".into(),
+    ]
+}
+
+fn embedded_ca(name: &str) -> Vec<String> {
+    vec![
+        "[[cas]]".into(),
+        format!("name = \"{name}\""),
+        "kind = \"embedded\"".into(),
+    ]
+}
+
+fn profile(name: &str, cas: &[&str], key_usage: Option<&str>) -> Vec<String> {
+    let cas: Vec<String> = cas.iter().map(|c| format!("\"{c}\"")).collect();
+    let mut lines = vec![
+        "[[profiles]]".into(),
+        format!("name = \"{name}\""),
+        format!("cas = [{}]", cas.join(", ")),
+    ];
+    if let Some(usage) = key_usage {
+        lines.push(format!("key_usage = \"{usage}\""));
+    }
+    lines
+}
+
+fn gateway(append: Vec<Vec<String>>) -> Gateway {
+    Gateway::start(Options {
+        append: append.concat(),
+        ..Options::default()
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// A device
+// ---------------------------------------------------------------------------------
+
+/// What a device got (the details are read through Debug, in failure messages).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Enrolled {
+    Certificate(Vec<u8>),
+    Failure(FailInfo, Option<String>),
+    Pending,
+    Http(u16, String),
+}
+
+impl Enrolled {
+    fn certificate(self) -> Vec<u8> {
+        match self {
+            Enrolled::Certificate(c) => c,
+            other => panic!("no certificate: {other:?}"),
+        }
+    }
+}
+
+/// A device: its key and self-signed certificate, its CSR, the RA certificate.
+struct Device {
+    requester: Requester,
+    ra: Vec<u8>,
+    subject: Vec<u8>,
+    csr: Vec<u8>,
+}
+
+impl Device {
+    /// A fresh device key and a CSR (with `usage` requested, if any).
+    fn new(gw: &Gateway, cn: &str, usage: Option<FlagSet<KeyUsages>>) -> Device {
+        let answer = get(gw.addr, "/scep?operation=GetCACert");
+        assert_eq!(answer.status, 200);
+        let certs = ca_certificates(&answer.body).unwrap();
+        let ra = encryption_certificate(&certs).unwrap().to_vec();
+        let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
+        let subject = common_name(cn).unwrap();
+        let requester = Requester::self_signed(key.clone(), &subject).unwrap();
+        let extensions = match usage {
+            Some(bits) => vec![x509::key_usage(bits).unwrap()],
+            None => Vec::new(),
+        };
+        let csr =
+            scep_gateway::csr::build(&Signer::new(key), &subject, Some(CHALLENGE), &extensions)
+                .unwrap();
+        Device {
+            requester,
+            ra,
+            subject,
+            csr,
+        }
+    }
+
+    fn pkcsreq(&self, gw: &Gateway) -> Enrolled {
+        self.send(gw, MessageType::PkcsReq, &self.csr)
+    }
+
+    /// CertPoll with IssuerAndSubject (RFC 8894 §3.3.3).
+    fn certpoll(&self, gw: &Gateway, ca: &[u8]) -> Enrolled {
+        let issuer = CertificateFields::parse(ca).unwrap().subject.to_vec();
+        let content = der_sequence(&[&issuer, &self.subject]);
+        self.send(gw, MessageType::CertPoll, &content)
+    }
+
+    fn send(&self, gw: &Gateway, message_type: MessageType, content: &[u8]) -> Enrolled {
+        let spec = MessageSpec {
+            message_type,
+            transaction_id: self.requester.key_transaction_id(),
+            sender_nonce: Nonce::random(),
+            digest: Digest::Sha256,
+            cipher: ContentCipher::Aes256Cbc,
+        };
+        let message = self
+            .requester
+            .pki_message(&spec, &self.ra, content)
+            .unwrap();
+        let response = post(gw.addr, "/scep?operation=PKIOperation", &message);
+        if response.status != 200 {
+            return Enrolled::Http(
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned(),
+            );
+        }
+        let reply = self
+            .requester
+            .read_reply(&response.body, &spec, false)
+            .unwrap();
+        match reply.status {
+            PkiStatus::Success => Enrolled::Certificate(reply.certificates[0].clone()),
+            PkiStatus::Failure => Enrolled::Failure(reply.fail_info.unwrap(), reply.fail_info_text),
+            PkiStatus::Pending => Enrolled::Pending,
+        }
+    }
+}
+
+/// A fresh device, one PKCSReq.
+fn enroll(gw: &Gateway, cn: &str, usage: Option<FlagSet<KeyUsages>>) -> Enrolled {
+    Device::new(gw, cn, usage).pkcsreq(gw)
+}
+
+/// `openssl verify` of `cert` against the CA in `ca_pem`.
+fn verify_against(cert: &[u8], ca_pem: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    write_pem(&path, "CERTIFICATE", cert);
+    openssl_verify(ca_pem, &path);
+    openssl_x509(&path, &["-issuer"])
+}
+
+fn issuer_of(cert: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    write_pem(&path, "CERTIFICATE", cert);
+    openssl_x509(&path, &["-issuer"])
+}
+
+fn readyz(gw: &Gateway) -> (u16, String) {
+    let r = get(gw.addr, "/readyz");
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// Polls `check` every 100 ms until it holds or `within` passes.
+fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_has(gw: &Gateway, ca: &str, message: &str) -> bool {
+    gw.log()
+        .lines()
+        .any(|l| l.contains(message) && l.contains(&format!("ca={ca}")))
+}
+
+fn count_in_log(gw: &Gateway, ca: &str, message: &str) -> usize {
+    gw.log()
+        .lines()
+        .filter(|l| l.contains(message) && l.contains(&format!("ca={ca}")))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------
+// Tests against real scepserver CAs
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_certificate_from_an_upstream_scepserver_verifies_against_its_ca() {
+    let upstream = ScepServer::start("upstream-a");
+    let mut gw = gateway(vec![
+        scep_ca("a", &upstream.url(), 5000),
+        profile("default", &["a"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+
+    // GetCACert serves the RA certificate and the upstream's CA.
+    let answer = get(gw.addr, "/scep?operation=GetCACert");
+    let served = ca_certificates(&answer.body).unwrap();
+    let upstream_ca = common::read_der(&upstream.ca_pem());
+    assert!(
+        served.contains(&upstream_ca),
+        "GetCACert lacks the upstream CA"
+    );
+
+    for i in 0..3 {
+        let cert = enroll(&gw, &format!("device-{i}"), None).certificate();
+        let issuer = verify_against(&cert, &upstream.ca_pem());
+        assert!(issuer.contains("upstream-a"), "{issuer}");
+    }
+    gw.assert_healthy();
+}
+
+#[test]
+fn a_killed_ca_is_invisible_to_devices_and_is_taken_back_after_restart() {
+    let mut a = ScepServer::start("upstream-a");
+    let b = ScepServer::start("upstream-b");
+    let mut gw = gateway(vec![
+        scep_ca("a", &a.url(), 3000),
+        scep_ca("b", &b.url(), 3000),
+        profile("default", &["a", "b"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+
+    // A run of sequential enrollments; the first CA dies (SIGKILL) in the middle.
+    let mut issuers = Vec::new();
+    for i in 0..10 {
+        if i == 4 {
+            a.kill();
+        }
+        let cert = enroll(&gw, &format!("run-{i}"), None).certificate();
+        let ca = if i < 4 { a.ca_pem() } else { b.ca_pem() };
+        issuers.push(verify_against(&cert, &ca));
+    }
+    assert!(
+        issuers[..4].iter().all(|i| i.contains("upstream-a")),
+        "{issuers:?}"
+    );
+    assert!(
+        issuers[4..].iter().all(|i| i.contains("upstream-b")),
+        "{issuers:?}"
+    );
+    eventually(Duration::from_secs(5), "breaker of a opens", || {
+        log_has(&gw, "a", "circuit breaker opened")
+    });
+    // b still serves the profile: ready.
+    assert_eq!(readyz(&gw).0, 200);
+
+    // Restarted on the same port: a probe closes the breaker and a takes requests again.
+    let closed_before = count_in_log(&gw, "a", "circuit breaker closed");
+    a.restart();
+    eventually(
+        Duration::from_secs(10),
+        "a probe closes the breaker of a",
+        || count_in_log(&gw, "a", "circuit breaker closed") > closed_before,
+    );
+    let cert = enroll(&gw, "after-restart", None).certificate();
+    assert!(verify_against(&cert, &a.ca_pem()).contains("upstream-a"));
+    gw.assert_healthy();
+}
+
+#[test]
+fn with_every_ca_down_devices_get_a_quick_clean_answer_and_service_resumes() {
+    let mut a = ScepServer::start("upstream-a");
+    let mut b = ScepServer::start("upstream-b");
+    let mut gw = gateway(vec![
+        scep_ca("a", &a.url(), 3000),
+        scep_ca("b", &b.url(), 3000),
+        profile("default", &["a", "b"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    enroll(&gw, "before", None).certificate();
+
+    a.kill();
+    b.kill();
+    for i in 0..3 {
+        let started = Instant::now();
+        match enroll(&gw, &format!("down-{i}"), None) {
+            Enrolled::Http(503, _) | Enrolled::Failure(..) => {}
+            other => panic!("not a clean refusal: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no quick answer: {:?}",
+            started.elapsed()
+        );
+    }
+    eventually(Duration::from_secs(10), "not ready", || {
+        let (status, body) = readyz(&gw);
+        status == 503 && body.contains("\"cas\"")
+    });
+
+    b.restart();
+    eventually(Duration::from_secs(10), "ready again", || {
+        readyz(&gw).0 == 200
+    });
+    let cert = enroll(&gw, "after", None).certificate();
+    assert!(verify_against(&cert, &b.ca_pem()).contains("upstream-b"));
+    gw.assert_healthy();
+}
+
+#[test]
+fn signature_and_encryption_requests_land_on_different_profiles() {
+    let upstream = ScepServer::start("upstream-enc");
+    let mut gw = gateway(vec![
+        embedded_ca("local"),
+        scep_ca("enc", &upstream.url(), 5000),
+        profile("signing", &["local"], Some("signature")),
+        profile("encrypting", &["enc"], Some("encryption")),
+        profile("default", &["local"], Some("general")),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let local_ca = gw.ca_pem();
+
+    let signing = enroll(&gw, "signer", Some(KeyUsages::DigitalSignature.into())).certificate();
+    verify_against(&signing, &local_ca);
+    let encrypting =
+        enroll(&gw, "encrypter", Some(KeyUsages::KeyEncipherment.into())).certificate();
+    assert!(verify_against(&encrypting, &upstream.ca_pem()).contains("upstream-enc"));
+    let both = enroll(
+        &gw,
+        "both",
+        Some(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment),
+    )
+    .certificate();
+    verify_against(&both, &local_ca);
+    let none = enroll(&gw, "none", None).certificate();
+    verify_against(&none, &local_ca);
+    assert_ne!(issuer_of(&signing), issuer_of(&encrypting));
+
+    // GetCACert's CA identifier picks the profile whose chain is served.
+    let upstream_ca = common::read_der(&upstream.ca_pem());
+    let local = common::read_der(&local_ca);
+    let served = |message: &str| {
+        let r = get(
+            gw.addr,
+            &format!("/scep?operation=GetCACert&message={message}"),
+        );
+        ca_certificates(&r.body).unwrap()
+    };
+    assert!(served("encrypting").contains(&upstream_ca));
+    assert!(!served("encrypting").contains(&local));
+    assert!(served("signing").contains(&local));
+    assert!(served("unknown").contains(&local), "unknown → default");
+    gw.assert_healthy();
+}
+
+// ---------------------------------------------------------------------------------
+// Misbehaving upstreams (a fake HTTP server in the test)
+// ---------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Misbehaviour {
+    /// 200 with bytes that are no CertRep.
+    Garbage,
+    /// Accepts PKIOperation and never answers.
+    Hang,
+    /// A SUCCESS CertRep signed with its CA key, whose signature is then damaged.
+    BadSignature,
+    /// A SUCCESS CertRep signed by a key it never announced in GetCACert.
+    ForeignSigner,
+    /// Works, but answers PKCSReq with PENDING and issues on the first CertPoll.
+    Pending,
+    /// Works, but takes this long to issue.
+    Slow(Duration),
+}
+
+/// A fake upstream: answers GetCACaps and GetCACert properly (so that its probes pass)
+/// and PKIOperation according to `mode`. Runs until the test process ends. Returns its
+/// URL and its CA certificate.
+fn fake_upstream(mode: Misbehaviour) -> (String, Vec<u8>) {
+    let ca = fake_ca("fake-upstream-ca");
+    let rogue = fake_ca("rogue");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/scep", listener.local_addr().unwrap());
+    let ca_certificate = ca.certificate.to_vec();
+    let pending = Pending::default();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (ca, rogue, pending) = (ca.clone(), rogue.clone(), pending.clone());
+            std::thread::spawn(move || serve_fake(stream, mode, &ca, &rogue, &pending));
+        }
+    });
+    (url, ca_certificate)
+}
+
+/// Certificates a `Pending` fake issued, by transactionID, waiting for a CertPoll.
+type Pending = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+fn fake_ca(cn: &str) -> Credential {
+    let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
+    let name = common_name(cn).unwrap();
+    let now = SystemTime::now();
+    let certificate = Signer::new(key.clone())
+        .sign_certificate(&x509::CertificateFields {
+            serial: &x509::random_serial().unwrap(),
+            issuer: &name,
+            subject: &name,
+            public_key_info: key.public_key_info(),
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(24 * 3600),
+            extensions: vec![x509::basic_constraints(true).unwrap()],
+        })
+        .unwrap();
+    Credential {
+        key,
+        certificate: Arc::from(certificate),
+    }
+}
+
+fn serve_fake(
+    stream: TcpStream,
+    mode: Misbehaviour,
+    ca: &Credential,
+    rogue: &Credential,
+    pending: &Pending,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let target = line.split(' ').nth(1).unwrap_or("").to_owned();
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (content_type, reply): (&str, Vec<u8>) = if target.contains("GetCACaps") {
+            ("text/plain", b"POSTPKIOperation\nAES\nSHA-256\n".to_vec())
+        } else if target.contains("GetCACert") {
+            ("application/x-x509-ca-cert", ca.certificate.to_vec())
+        } else {
+            match mode {
+                Misbehaviour::Garbage => ("application/x-pki-message", b"\x30\x80garbage".to_vec()),
+                Misbehaviour::Hang => {
+                    std::thread::sleep(Duration::from_secs(600));
+                    return;
+                }
+                Misbehaviour::BadSignature => {
+                    let mut reply = signed_success(&body, ca);
+                    let last = reply.len() - 1;
+                    reply[last] ^= 0x01;
+                    ("application/x-pki-message", reply)
+                }
+                Misbehaviour::ForeignSigner => {
+                    ("application/x-pki-message", signed_success(&body, rogue))
+                }
+                Misbehaviour::Pending => ("application/x-pki-message", pend(&body, ca, pending)),
+                Misbehaviour::Slow(delay) => {
+                    std::thread::sleep(delay);
+                    let (request, issued) = issue(&body, ca);
+                    let reply = certrep::build(
+                        ca,
+                        &request.header,
+                        Some(request.cipher),
+                        &Outcome::Issued {
+                            certificates: vec![issued.unwrap().into()],
+                        },
+                    )
+                    .unwrap();
+                    ("application/x-pki-message", reply)
+                }
+            }
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            reply.len()
+        );
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// A SUCCESS answering `request`, carrying the signer's own certificate as the "issued"
+/// one, signed by `signer`.
+fn signed_success(request: &[u8], signer: &Credential) -> Vec<u8> {
+    let header = SignedRequest::parse(request).unwrap().header;
+    certrep::build(
+        signer,
+        &header,
+        Some(ContentCipher::Aes256Cbc),
+        &Outcome::Issued {
+            certificates: vec![header.signer_certificate.clone().into()],
+        },
+    )
+    .unwrap()
+}
+
+/// Opens a request as the fake CA and, for a PKCSReq, issues the certificate.
+fn issue(request: &[u8], ca: &Credential) -> (Request, Option<Vec<u8>>) {
+    let keys = RaKeys {
+        signer: ca.clone(),
+        decrypter: ca.clone(),
+        previous: Vec::new(),
+    };
+    let opened = SignedRequest::parse(request)
+        .unwrap()
+        .open(&keys, CryptoPolicy::default())
+        .unwrap();
+    let RequestBody::CertificationRequest(der) = &opened.body else {
+        return (opened, None);
+    };
+    let csr = CertificationRequest::from_der(der).unwrap();
+    let issuer = CertificateFields::parse(&ca.certificate)
+        .unwrap()
+        .subject
+        .to_vec();
+    let now = SystemTime::now();
+    let certificate = Signer::new(ca.key.clone())
+        .sign_certificate(&x509::CertificateFields {
+            serial: &x509::random_serial().unwrap(),
+            issuer: &issuer,
+            subject: csr.subject_der(),
+            public_key_info: csr.public_key_info(),
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(24 * 3600),
+            extensions: Vec::new(),
+        })
+        .unwrap();
+    (opened, Some(certificate))
+}
+
+/// PKCSReq: PENDING (the certificate is kept); CertPoll: SUCCESS with it.
+fn pend(body: &[u8], ca: &Credential, pending: &Pending) -> Vec<u8> {
+    let (request, issued) = issue(body, ca);
+    let id = request.header.transaction_id.as_str().to_owned();
+    let outcome = match issued {
+        Some(certificate) => {
+            pending.lock().unwrap().insert(id, certificate);
+            Outcome::Pending
+        }
+        None => match pending.lock().unwrap().remove(&id) {
+            Some(certificate) => Outcome::Issued {
+                certificates: vec![certificate.into()],
+            },
+            None => Outcome::Failure {
+                info: FailInfo::BadCertId,
+                text: "unknown transaction".into(),
+            },
+        },
+    };
+    certrep::build(ca, &request.header, Some(request.cipher), &outcome).unwrap()
+}
+
+#[test]
+fn an_upstream_pending_becomes_a_certificate_on_the_devices_certpoll() {
+    let (url, ca) = fake_upstream(Misbehaviour::Pending);
+    let mut gw = gateway(vec![
+        scep_ca("slow-approver", &url, 5000),
+        profile("default", &["slow-approver"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "waiting-device", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    // The device's CertPoll makes the gateway poll the upstream once, which issues.
+    let certificate = device.certpoll(&gw, &ca).certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("ca.pem");
+    write_pem(&ca_pem, "CERTIFICATE", &ca);
+    verify_against(&certificate, &ca_pem);
+    // Answered from the store afterwards.
+    assert_eq!(device.certpoll(&gw, &ca).certificate(), certificate);
+    assert_eq!(device.pkcsreq(&gw).certificate(), certificate);
+    gw.assert_healthy();
+}
+
+#[test]
+fn hedging_takes_the_first_answer_and_records_the_slow_duplicate() {
+    let (slow, _) = fake_upstream(Misbehaviour::Slow(Duration::from_millis(4000)));
+    let fast = ScepServer::start("upstream-fast");
+    let mut gw = gateway(vec![
+        // No latency history yet: the hedge fires after half the timeout (2.5 s).
+        scep_ca("slow", &slow, 5000),
+        scep_ca("fast", &fast.url(), 5000),
+        vec![
+            "[[profiles]]".into(),
+            "name = \"default\"".into(),
+            "cas = [\"slow\", \"fast\"]".into(),
+            "strategy = \"hedged\"".into(),
+        ],
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "hedged", None);
+    let started = Instant::now();
+    let certificate = device.pkcsreq(&gw).certificate();
+    let took = started.elapsed();
+    assert!(verify_against(&certificate, &fast.ca_pem()).contains("upstream-fast"));
+    assert!(took < Duration::from_millis(4000), "{took:?}");
+    eventually(Duration::from_secs(5), "the duplicate is recorded", || {
+        log_has(&gw, "slow", "duplicate issuance by hedging")
+    });
+    gw.assert_healthy();
+}
+
+#[test]
+fn garbage_hangs_and_bad_signatures_are_outages_never_a_success() {
+    let (garbage, _) = fake_upstream(Misbehaviour::Garbage);
+    let (hang, _) = fake_upstream(Misbehaviour::Hang);
+    let (bad_signature, _) = fake_upstream(Misbehaviour::BadSignature);
+    let (foreign, _) = fake_upstream(Misbehaviour::ForeignSigner);
+    let ca = |name: &str, url: &str| {
+        let mut lines = scep_ca(name, url, 1500);
+        lines.retain(|l| !l.starts_with("failure_threshold"));
+        lines.push("failure_threshold = 100".into());
+        lines
+    };
+    let mut gw = gateway(vec![
+        ca("garbage", &garbage),
+        ca("hang", &hang),
+        ca("badsig", &bad_signature),
+        ca("foreign", &foreign),
+        embedded_ca("local"),
+        profile("signature", &["garbage"], Some("signature")),
+        profile("encryption", &["hang"], Some("encryption")),
+        profile("general", &["badsig", "foreign", "local"], Some("general")),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+
+    // Alone in their profile: the device gets a 503 (nothing issued), quickly.
+    let started = Instant::now();
+    match enroll(&gw, "s", Some(KeyUsages::DigitalSignature.into())) {
+        Enrolled::Http(503, _) => {}
+        other => panic!("garbage upstream: {other:?}"),
+    }
+    match enroll(&gw, "e", Some(KeyUsages::KeyEncipherment.into())) {
+        Enrolled::Http(503, _) => {}
+        other => panic!("hanging upstream: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // In front of a working CA: failed over, the certificate is the working CA's.
+    let cert = enroll(&gw, "g", None).certificate();
+    verify_against(&cert, &gw.ca_pem());
+
+    let log = gw.log();
+    let outage = |ca: &str, why: &str| {
+        assert!(
+            log.lines().any(|l| l.contains("CA unavailable")
+                && l.contains(&format!("ca={ca}"))
+                && l.contains(why)),
+            "no outage of {ca} ({why}) in the log:\n{log}"
+        )
+    };
+    outage("garbage", "unusable CertRep");
+    outage("hang", "no answer within 1500 ms");
+    outage("badsig", "does not verify");
+    outage("foreign", "not signed by a known certificate");
+    gw.assert_healthy();
+}
+
+#[test]
+fn a_queueing_profile_answers_pending_while_down_and_issues_on_certpoll_after() {
+    let mut a = ScepServer::start("upstream-queue");
+    let mut gw = gateway(vec![
+        scep_ca("a", &a.url(), 3000),
+        vec![
+            "[[profiles]]".into(),
+            "name = \"default\"".into(),
+            "cas = [\"a\"]".into(),
+            "queue_when_down = true".into(),
+        ],
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    a.kill();
+    let device = Device::new(&gw, "queued", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    let ca = common::read_der(&a.ca_pem());
+    assert!(matches!(device.certpoll(&gw, &ca), Enrolled::Pending));
+
+    // Back: once a probe has closed the breaker, the next CertPoll submits the request.
+    eventually(Duration::from_secs(5), "breaker of a opens", || {
+        log_has(&gw, "a", "circuit breaker opened")
+    });
+    a.restart();
+    eventually(
+        Duration::from_secs(10),
+        "a probe closes the breaker",
+        || log_has(&gw, "a", "circuit breaker closed"),
+    );
+    let certificate = match device.certpoll(&gw, &ca) {
+        Enrolled::Certificate(c) => c,
+        other => panic!("{other:?}\n{}", gw.log()),
+    };
+    assert!(verify_against(&certificate, &a.ca_pem()).contains("upstream-queue"));
+    gw.assert_healthy();
+}
