@@ -6,6 +6,8 @@
 //! the server runs.
 #![forbid(unsafe_code)]
 
+pub mod load;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
