@@ -130,7 +130,9 @@ mod tests {
     fn parallel_keeps_the_order() {
         let v = parallel(103, |i| Ok(i * 2)).unwrap();
         assert_eq!(v, (0..103).map(|i| i * 2).collect::<Vec<_>>());
-        assert!(parallel(0, Ok::<usize, crate::BoxError>).unwrap().is_empty());
+        assert!(parallel(0, Ok::<usize, crate::BoxError>)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
