@@ -28,6 +28,9 @@ pub struct Checked {
     pub verified: u64,
     pub decrypted: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Wrong replies among the measured requests (warm-up excluded): what separates
+    /// answered exchanges from successful enrollments.
+    pub measured_errors: u64,
 }
 
 /// The checker thread. Send replies on the returned sender; drop it and join the
@@ -36,6 +39,7 @@ pub fn spawn(
     requesters: Arc<Vec<Requester>>,
     requests: Vec<Arc<Vec<Request>>>,
     decrypt_every: u64,
+    warmup: usize,
 ) -> (mpsc::Sender<Reply>, JoinHandle<Vec<Checked>>) {
     let (tx, rx) = mpsc::channel::<Reply>();
     let handle = std::thread::spawn(move || {
@@ -49,7 +53,10 @@ pub fn spawn(
                     checked.verified += 1;
                     checked.decrypted += u64::from(decrypt);
                 }
-                Err(kind) => *checked.errors.entry(kind).or_default() += 1,
+                Err(kind) => {
+                    *checked.errors.entry(kind).or_default() += 1;
+                    checked.measured_errors += u64::from(reply.request >= warmup);
+                }
             }
         }
         out

@@ -151,6 +151,20 @@ impl TargetResult {
         (self.recorder.answered > 0).then(|| cpu * 1000.0 / self.recorder.answered as f64)
     }
 
+    /// Correct enrollments per second: answered exchanges minus wrong replies.
+    pub fn successful_throughput(&self) -> f64 {
+        let secs = self.recorder.busy.as_secs_f64();
+        let ok = self
+            .recorder
+            .answered
+            .saturating_sub(self.checked.measured_errors);
+        if secs > 0.0 {
+            ok as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
     /// Every error: transport and HTTP (recorder) and reply checks (checker).
     pub fn errors(&self) -> std::collections::BTreeMap<String, u64> {
         let mut all = self.recorder.errors.clone();
@@ -414,7 +428,12 @@ pub async fn run(options: Options) -> Result<Outcome> {
     } else {
         options.verify_every
     };
-    let (checker, checker_done) = check::spawn(requesters.clone(), requests.clone(), decrypt_every);
+    let (checker, checker_done) = check::spawn(
+        requesters.clone(),
+        requests.clone(),
+        decrypt_every,
+        options.warmup,
+    );
     let ctx = Arc::new(Ctx {
         method: options.method,
         targets: targets.clone(),

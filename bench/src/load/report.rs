@@ -34,10 +34,11 @@ pub fn text(o: &Outcome) -> String {
         let _ = writeln!(s, "\n{}", t.url);
         let _ = writeln!(
             s,
-            "  answered {} in {:.2} s: {:.1} enrollments/s",
+            "  answered {} in {:.2} s: {:.1} replies/s, {:.1} successful enrollments/s",
             r.answered,
             r.busy.as_secs_f64(),
-            r.throughput()
+            r.throughput(),
+            t.successful_throughput()
         );
         let lat: Vec<String> = QUANTILES
             .iter()
@@ -97,7 +98,8 @@ pub fn text(o: &Outcome) -> String {
 /// that every ratio above 1 favours the first target.
 pub fn ratios(a: &TargetResult, b: &TargetResult) -> Vec<(String, f64)> {
     let mut out = Vec::new();
-    let (ta, tb) = (a.recorder.throughput(), b.recorder.throughput());
+    // Successful enrollments: a server that answers FAILURE fast is not faster.
+    let (ta, tb) = (a.successful_throughput(), b.successful_throughput());
     if tb > 0.0 {
         out.push(("throughput".into(), ta / tb));
     }
@@ -130,6 +132,7 @@ fn target_json(t: &TargetResult, baseline_ms: Option<f64>) -> Value {
         "answered": r.answered,
         "busy_seconds": r.busy.as_secs_f64(),
         "throughput_per_second": r.throughput(),
+        "successful_per_second": t.successful_throughput(),
         "latency_ms": latency,
         "latency_mean_ms": (!r.latency_us.is_empty()).then(|| r.latency_us.mean() / 1000.0),
         "server_cpu_seconds": r.server_cpu,
