@@ -6,6 +6,8 @@
 //! the server runs.
 #![forbid(unsafe_code)]
 
+pub mod load;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -263,11 +265,13 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// One PKCSReq enrollment, step by step as `enroll.rs` runs it, minus the HTTP layer,
-/// the transaction store and the challenge check: parse, verify, open (RA decrypt),
+/// One PKCSReq enrollment, step by step as `enroll.rs` runs it on its blocking-pool
+/// thread, minus the HTTP layer, the transaction store and the challenge check: parse, verify, open (RA decrypt),
 /// CSR parse and self-signature check, issuance (CA sign), CertRep (envelope to the
 /// requester, RA sign). Returns the CertRep.
 pub fn enroll(pki: &Pki, rt: &tokio::runtime::Runtime, message: &[u8]) -> Result<Vec<u8>> {
+    // As `enroll::pki_operation` does: the requester's key parsed once for its uses.
+    let _keys = scep_gateway::cms::public_keys::scope();
     let signed = SignedRequest::parse(message)?;
     signed.verify()?;
     let request = signed.open(&pki.ra, CryptoPolicy::default())?;
@@ -275,10 +279,16 @@ pub fn enroll(pki: &Pki, rt: &tokio::runtime::Runtime, message: &[u8]) -> Result
         return Err("the PKCSReq does not carry a CSR".into());
     };
     let csr = CertificationRequest::from_der(der)?;
-    let issued = rt.block_on(pki.ca.issue(IssueRequest {
+    // The server signs in place when the CA can (it is on the blocking pool already);
+    // else through `Ca::issue`, which hops.
+    let issue = || IssueRequest {
         csr: &csr,
         renewing: None,
-    }))?;
+    };
+    let issued = match pki.ca.issue_blocking(issue()) {
+        Some(issued) => issued?,
+        None => rt.block_on(pki.ca.issue(issue()))?,
+    };
     // The new certificate, then the CA chain, as `enroll.rs` answers.
     let mut certificates = vec![issued.certificate];
     certificates.extend(pki.ca.chain().iter().cloned());

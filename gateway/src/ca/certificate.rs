@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{self as ring_sig, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::{self as ring_sig, VerificationAlgorithm};
 use const_oid::ObjectIdentifier;
 use der::asn1::{Any, AnyRef, BitString, BitStringRef, Int, IntRef, Null, OctetString, UintRef};
 use der::{Decode, Encode, Reader, Sequence, SliceReader, Tag, TagNumber, Tagged};
@@ -674,8 +674,7 @@ pub fn verify_signature(
         .subject_public_key
         .as_bytes()
         .ok_or(SignatureCheck::BadKey)?;
-    UnparsedPublicKey::new(verifier, key)
-        .verify(message, signature)
+    crate::cms::public_keys::verify(verifier, key, message, signature)
         .map_err(|_| SignatureCheck::Invalid)
 }
 

@@ -509,21 +509,36 @@ fn crl_is_aging(crl: &SignedCrl, now: SystemTime) -> bool {
     now >= crl.this_update + lifetime / 2 || now < crl.this_update
 }
 
+fn issued(request: &IssueRequest<'_>, serial: Vec<u8>, certificate: Vec<u8>) -> Issued {
+    tracing::info!(
+        subject = request.csr.subject(),
+        serial = hex::encode(&serial),
+        "certificate issued"
+    );
+    Issued {
+        certificate: certificate.into(),
+        serial,
+    }
+}
+
 impl Ca for EmbeddedCa {
     fn issue<'a>(&'a self, request: IssueRequest<'a>) -> BoxFuture<'a, Result<Issued>> {
         Box::pin(async move {
             let (serial, tbs) = self.prepare(request.csr, SystemTime::now())?;
             let certificate = self.sign(tbs).await?;
-            tracing::info!(
-                subject = request.csr.subject(),
-                serial = hex::encode(&serial),
-                "certificate issued"
-            );
-            Ok(Issued {
-                certificate: certificate.into(),
-                serial,
-            })
+            Ok(issued(&request, serial, certificate))
         })
+    }
+
+    /// Signs on the calling thread (the caller is on the blocking pool).
+    fn issue_blocking(&self, request: IssueRequest<'_>) -> Option<Result<Issued>> {
+        Some(
+            self.prepare(request.csr, SystemTime::now())
+                .and_then(|(serial, tbs)| {
+                    let certificate = self.signer.sign_tbs(&tbs)?;
+                    Ok(issued(&request, serial, certificate))
+                }),
+        )
     }
 
     fn chain(&self) -> &[Arc<[u8]>] {

@@ -67,6 +67,15 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
     /// outage is `Error::Unavailable`.
     fn issue<'a>(&'a self, request: IssueRequest<'a>) -> BoxFuture<'a, Result<Issued>>;
 
+    /// [`Ca::issue`] for a caller that is already on a thread allowed to block (tokio's
+    /// blocking pool: the enrollment pipeline runs there), saving the hop `issue` makes.
+    /// `None` (the default) means "use `issue`": a CA that waits on the network (an
+    /// upstream CA) keeps to the async path.
+    fn issue_blocking(&self, request: IssueRequest<'_>) -> Option<Result<Issued>> {
+        let _ = request;
+        None
+    }
+
     /// The CA chain devices receive: the issuing CA certificate first, then any
     /// intermediates and the root.
     fn chain(&self) -> &[Arc<[u8]>];

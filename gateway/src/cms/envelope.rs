@@ -19,7 +19,7 @@ use aws_lc_rs::cipher::{
     PaddedBlockEncryptingKey, UnboundCipherKey, AES_128, AES_192, AES_256,
 };
 use aws_lc_rs::iv::FixedLength;
-use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
+use aws_lc_rs::rsa::Pkcs1PublicEncryptingKey;
 use const_oid::ObjectIdentifier;
 use scep_hsm::{DecryptPadding, KeyError, Zeroizing};
 
@@ -508,7 +508,7 @@ pub fn check_recipient(recipient_certificate_der: &[u8]) -> Result<()> {
 }
 
 fn recipient_key(spki: &[u8]) -> Result<Pkcs1PublicEncryptingKey> {
-    let public = PublicEncryptingKey::from_der(spki).map_err(|e| {
+    let public = super::public_keys::encrypting_key(spki).map_err(|e| {
         Error::UnsupportedAlgorithm(format!(
             "the recipient key is not RSA of 2048 bits or more: {e}"
         ))

@@ -12,8 +12,10 @@
 //! - [`signed`]: SignedData (RFC 5652 §5): parse, verify, build, and the degenerate
 //!   certs-only form.
 //! - [`envelope`]: EnvelopedData (RFC 5652 §6): open with an RA key, seal to a recipient.
+//! - [`public_keys`]: a requester's key parsed once per enrollment, not once per use.
 
 pub mod algorithms;
 pub mod ber;
 pub mod envelope;
+pub mod public_keys;
 pub mod signed;

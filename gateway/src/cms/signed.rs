@@ -10,7 +10,7 @@
 use std::time::SystemTime;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::{self, VerificationAlgorithm};
 use const_oid::ObjectIdentifier;
 use scep_hsm::{KeyAlgorithm, KeyError, SignatureAlgorithm};
 
@@ -663,8 +663,7 @@ pub fn verify_signature(
         }
     };
     let alg = verification_algorithm(&key, hash)?;
-    UnparsedPublicKey::new(alg, key_bytes)
-        .verify(message, sig)
+    super::public_keys::verify(alg, key_bytes, message, sig)
         .map_err(|_| Error::BadSignature("the signature does not verify".into()))
 }
 

@@ -160,6 +160,34 @@ impl Requester {
         legacy_des: bool,
         trusted: Option<&[Vec<u8>]>,
     ) -> Result<Reply> {
+        let (mut read, signed) = self.check_reply(reply, spec, trusted)?;
+        if read.status == PkiStatus::Success {
+            let content = signed
+                .content
+                .as_deref()
+                .ok_or_else(|| Error::Malformed("SUCCESS without content".into()))?;
+            let opened = envelope::open(content, &self.credential, legacy_des)?;
+            let certs_only = SignedData::parse(&opened.content)?;
+            read.certificates = certs_only.certificates;
+            read.crls = certs_only.crls;
+        }
+        Ok(read)
+    }
+
+    /// [`Requester::read_reply`] without the decryption: the signature, messageType,
+    /// pkiStatus, transactionID and nonces are checked, `certificates` and `crls` are
+    /// left empty. A load generator checks every reply this way and decrypts a sample
+    /// (the decryption is a private-key operation on the client's side).
+    pub fn verify_reply(&self, reply: &[u8], spec: &MessageSpec) -> Result<Reply> {
+        self.check_reply(reply, spec, None).map(|(read, _)| read)
+    }
+
+    fn check_reply(
+        &self,
+        reply: &[u8],
+        spec: &MessageSpec,
+        trusted: Option<&[Vec<u8>]>,
+    ) -> Result<(Reply, SignedData)> {
         let signed = SignedData::parse(reply)?;
         let signer = signed.single_signer()?;
         let signer_certificate = match trusted {
@@ -206,18 +234,7 @@ impl Requester {
         let fail_info_text = text_attribute(signer, &oid::FAIL_INFO_TEXT)
             .ok()
             .map(str::to_owned);
-        let (mut certificates, mut crls) = (Vec::new(), Vec::new());
-        if status == PkiStatus::Success {
-            let content = signed
-                .content
-                .as_deref()
-                .ok_or_else(|| Error::Malformed("SUCCESS without content".into()))?;
-            let opened = envelope::open(content, &self.credential, legacy_des)?;
-            let certs_only = SignedData::parse(&opened.content)?;
-            certificates = certs_only.certificates;
-            crls = certs_only.crls;
-        }
-        Ok(Reply {
+        let read = Reply {
             status,
             fail_info,
             fail_info_text,
@@ -225,9 +242,10 @@ impl Requester {
             sender_nonce,
             recipient_nonce,
             signer_certificate,
-            certificates,
-            crls,
-        })
+            certificates: Vec::new(),
+            crls: Vec::new(),
+        };
+        Ok((read, signed))
     }
 }
 
