@@ -95,6 +95,11 @@ pub struct ServerConfig {
     /// is not served on `listen`), e.g. `127.0.0.1:9090` or a pod port that only the
     /// monitoring network reaches.
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for `POST /admin/reload` (the same reload as SIGHUP, for operators
+    /// and tools that cannot signal the process), from an environment variable or a
+    /// file. Without one the endpoint answers 404.
+    pub reload_token_env: Option<String>,
+    pub reload_token_file: Option<PathBuf>,
     /// Optional TLS (rustls). SCEP itself does not need it (the messages are signed and
     /// encrypted), but it hides the challenge of GET requests from the network.
     pub tls: Option<TlsConfig>,
@@ -111,6 +116,8 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 20,
             shutdown_delay_secs: 0,
             admin_listen: None,
+            reload_token_env: None,
+            reload_token_file: None,
             tls: None,
         }
     }
@@ -449,6 +456,9 @@ impl FileConfig {
             fix(&mut ca.certificate);
             ca.key.resolve(base);
             ca.chain.iter_mut().for_each(fix);
+        }
+        if let Some(p) = self.server.reload_token_file.as_mut() {
+            fix(p);
         }
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.certificate);

@@ -8,6 +8,10 @@
 //! nothing in flight is dropped. A configuration that does not load leaves the running
 //! one in place.
 //!
+//! The same reload is offered as `POST /admin/reload` ([`handle`]) with a bearer token
+//! (`[server] reload_token_env`/`reload_token_file`), for tools that cannot signal the
+//! process.
+//!
 //! What a reload does not change: the listen address, TLS and the other `[server]`
 //! settings (they belong to the socket), and the store when `[store]` is unchanged (the
 //! same store is kept, so in-process transactions survive the reload).
@@ -60,6 +64,55 @@ impl Live {
         let gateway = Arc::new(gateway);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (gateway, config);
         Ok(())
+    }
+}
+
+/// The digest a reload token is kept and compared as (constant time, any length).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Whether `authorization` (the header value) carries the configured reload token.
+pub fn authorized(gateway: &Gateway, authorization: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let (Some(expected), Some(header)) = (gateway.reload_token, authorization) else {
+        return false;
+    };
+    let Some(token) = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    token_digest(token.trim()).ct_eq(&expected).into()
+}
+
+/// `POST /admin/reload`: 404 unless a token is configured, 401 without the right one,
+/// 200 `{"reloaded":true}` or 422 `{"reloaded":false,"error":"…"}` (the configuration
+/// error, which names settings and files, never secrets).
+pub async fn handle(live: Arc<Live>, authorization: Option<String>) -> (u16, String) {
+    let gateway = live.get();
+    if gateway.reload_token.is_none() {
+        return (404, "not found\n".into());
+    }
+    if !authorized(&gateway, authorization.as_deref()) {
+        tracing::warn!("reload refused: missing or wrong bearer token");
+        return (401, "unauthorized\n".into());
+    }
+    match tokio::task::spawn_blocking(move || live.reload()).await {
+        Ok(Ok(())) => {
+            tracing::info!("configuration reloaded (admin call)");
+            (200, "{\"reloaded\":true}\n".into())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reload failed; the running configuration stays");
+            let body = serde_json::json!({ "reloaded": false, "error": e.to_string() });
+            (422, format!("{body}\n"))
+        }
+        Err(e) => (503, format!("{{\"reloaded\":false,\"error\":\"{e}\"}}\n")),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Gateway {
     pub claim_lease: Duration,
     /// Every RA and CA key by its setting name, for the readiness check.
     pub keys: Vec<(&'static str, Arc<dyn Key>)>,
+    /// SHA-256 of the `POST /admin/reload` bearer token, if one is configured.
+    pub reload_token: Option<[u8; 32]>,
     /// `/readyz`, cached.
     pub readiness: Arc<Readiness>,
 }
@@ -227,6 +229,12 @@ impl Gateway {
             next_ca_cert: next,
             claim_lease,
             keys,
+            reload_token: crate::challenge::http::optional_secret(
+                "server.reload_token",
+                config.server.reload_token_env.as_deref(),
+                config.server.reload_token_file.as_deref(),
+            )?
+            .map(|token| crate::reload::token_digest(&token)),
             readiness: Arc::default(),
         })
     }

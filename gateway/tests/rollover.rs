@@ -203,3 +203,57 @@ fn without_the_previous_key_a_device_on_the_old_ra_gets_bad_message_check() {
     assert_eq!(enroll_to(&gateway, &old_ra, "stranded"), PkiStatus::Failure);
     gateway.assert_healthy();
 }
+
+#[test]
+fn an_admin_call_reloads_like_sighup_and_needs_its_token() {
+    let setup = common::Pki::init(&Options {
+        extra_config: vec![(
+            "shutdown_grace_secs".into(),
+            "20\nreload_token_file = \"reload.token\"".into(),
+        )],
+        ..Options::default()
+    });
+    std::fs::write(setup.path().join("reload.token"), "let-me-reload\n").unwrap();
+    let mut gateway = setup.serve();
+    let pki = gateway.pki();
+    let reload = |token: Option<&str>| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        common::raw_request(
+            gateway.addr,
+            format!("POST /admin/reload HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    assert_eq!(reload(None).status, 401);
+    assert_eq!(reload(Some("wrong")).status, 401);
+
+    let config = pki.join("gateway.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{original}\n[next]\ncertificates = [\"ra.pem\", \"ca.pem\"]\n"),
+    )
+    .unwrap();
+    let ok = reload(Some("let-me-reload"));
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(
+        get(gateway.addr, "/scep?operation=GetNextCACert").status,
+        200
+    );
+
+    // A broken file: 422 naming the problem, the running configuration stays.
+    std::fs::write(&config, format!("{original}\n[next]\ncertificates = []\n")).unwrap();
+    let bad = reload(Some("let-me-reload"));
+    assert_eq!(bad.status, 422, "{}", String::from_utf8_lossy(&bad.body));
+    assert!(String::from_utf8_lossy(&bad.body).contains("next.certificates"));
+    assert_eq!(
+        get(gateway.addr, "/scep?operation=GetNextCACert").status,
+        200
+    );
+    assert!(
+        !gateway.log().contains("let-me-reload"),
+        "the token was logged"
+    );
+    gateway.assert_healthy();
+}

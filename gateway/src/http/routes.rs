@@ -18,6 +18,7 @@ use super::query::{decode_message, ScepQuery};
 use crate::enroll::{self, Summary};
 use crate::error::{Answer, Error};
 use crate::metrics;
+use crate::reload::Live;
 use crate::service::Gateway;
 
 /// `application/x-pki-message`: the content type of a PKIOperation reply (§4.3).
@@ -50,11 +51,17 @@ pub struct Limits {
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     limits: Limits,
     role: Role,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == RELOAD {
+        return Ok(reload(live, request).await);
+    }
+    // The gateway current when the request arrives (see `reload`): it stays this
+    // request's even if a reload replaces it meanwhile.
+    let gateway = live.get();
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -225,6 +232,28 @@ async fn pki_operation(
         Err(e) => error_response(&e),
     };
     (response, Some(summary))
+}
+
+/// `POST /admin/reload`: the SIGHUP reload for tools that cannot signal the process.
+const RELOAD: &str = "/admin/reload";
+
+async fn reload(live: Arc<Live>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (status, body) = crate::reload::handle(live, authorization).await;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if body.starts_with('{') {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    with_type(status, content_type, Bytes::from(body))
 }
 
 /// Reads a POST body up to `max` bytes: a declared length beyond it is refused before

@@ -174,7 +174,7 @@ impl Server {
                 // Each request takes the gateway current when it arrives (see `reload`).
                 let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(super::PeerAddr(peer));
-                    routes::handle(live.get(), limits, role, req)
+                    routes::handle(live.clone(), limits, role, req)
                 });
                 let result = match tls {
                     None => {
