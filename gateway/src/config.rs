@@ -100,6 +100,14 @@ pub struct ServerConfig {
     /// file. Without one the endpoint answers 404.
     pub reload_token_env: Option<String>,
     pub reload_token_file: Option<PathBuf>,
+    /// PKIOperations processed at once; more get HTTP 503 with Retry-After at once
+    /// instead of queueing in front of the HSM.
+    pub max_in_flight_operations: usize,
+    /// PKIOperations per second per client IP address (0: no limit), and the burst a
+    /// client may send at once; beyond it HTTP 429 with Retry-After. Off by default:
+    /// behind a load balancer or NAT many devices share an address.
+    pub per_client_rate: f64,
+    pub per_client_burst: f64,
     /// Optional TLS (rustls). SCEP itself does not need it (the messages are signed and
     /// encrypted), but it hides the challenge of GET requests from the network.
     pub tls: Option<TlsConfig>,
@@ -118,6 +126,9 @@ impl Default for ServerConfig {
             admin_listen: None,
             reload_token_env: None,
             reload_token_file: None,
+            max_in_flight_operations: 256,
+            per_client_rate: 0.0,
+            per_client_burst: 20.0,
             tls: None,
         }
     }

@@ -28,5 +28,6 @@ pub mod metrics;
 pub mod ra;
 pub mod reload;
 pub mod scep;
+pub mod secrets;
 pub mod service;
 pub mod store;

@@ -36,6 +36,7 @@ pub const CONFIG_GENERATION: &str = "scep_config_generation";
 pub const SHUTTING_DOWN: &str = "scep_shutting_down";
 pub const READY: &str = "scep_ready";
 pub const READINESS_CHECK: &str = "scep_readiness_check";
+pub const ADMISSION_REFUSED: &str = "scep_admission_refused_total";
 // Not recorded yet: their code paths are other issues' work (see the functions below).
 pub const CA_REQUESTS: &str = "scep_ca_requests_total";
 pub const CA_DURATION: &str = "scep_ca_request_duration_seconds";
@@ -137,6 +138,10 @@ fn describe() {
         "Configuration generation: 1 at start, +1 per successful reload"
     );
     describe_gauge!(SHUTTING_DOWN, "1 once SIGTERM was received (draining)");
+    describe_counter!(
+        ADMISSION_REFUSED,
+        "PKIOperations refused before any work: busy (503) or rate (429)"
+    );
     describe_gauge!(READY, "1 if the last /readyz evaluation was ready, else 0");
     describe_gauge!(
         READINESS_CHECK,
@@ -377,6 +382,16 @@ pub fn ca_breaker(ca: &str, open: bool) {
 /// Requests in flight to a CA; call with +1 before and −1 after. For the upstream-CA client.
 pub fn ca_in_flight(ca: &str, delta: f64) {
     gauge!(CA_IN_FLIGHT, "ca" => ca.to_owned()).increment(delta);
+}
+
+/// A PKIOperation turned away before any work: `busy` (every slot taken, 503) or
+/// `rate` (the client address over its rate, 429).
+pub fn admission_refused(refusal: crate::http::admission::Refusal) {
+    let reason = match refusal {
+        crate::http::admission::Refusal::Busy => "busy",
+        crate::http::admission::Refusal::Rate => "rate",
+    };
+    counter!(ADMISSION_REFUSED, "reason" => reason).increment(1);
 }
 
 /// One challenge validation: `mode` (static, intune, webhook, none) and `outcome`

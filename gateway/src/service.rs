@@ -58,6 +58,8 @@ pub struct Gateway {
     pub claim_lease: Duration,
     /// Every RA and CA key by its setting name, for the readiness check.
     pub keys: Vec<(&'static str, Arc<dyn Key>)>,
+    /// The admission gate of PKIOperations (in-flight bound, per-client rate).
+    pub admission: crate::http::admission::Admission,
     /// SHA-256 of the `POST /admin/reload` bearer token, if one is configured.
     pub reload_token: Option<[u8; 32]>,
     /// `/readyz`, cached.
@@ -229,6 +231,13 @@ impl Gateway {
             next_ca_cert: next,
             claim_lease,
             keys,
+            admission: crate::http::admission::Admission::new(
+                config.server.max_in_flight_operations,
+                (config.server.per_client_rate > 0.0).then_some((
+                    config.server.per_client_rate,
+                    config.server.per_client_burst,
+                )),
+            ),
             reload_token: crate::challenge::http::optional_secret(
                 "server.reload_token",
                 config.server.reload_token_env.as_deref(),
@@ -406,6 +415,7 @@ fn load_mode(
         } => {
             let secret = match (password_file, password_env) {
                 (Some(path), _) => {
+                    crate::secrets::check_permissions("challenge.password_file", path);
                     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                         ConfigError::File {
                             setting: "challenge.password_file",
@@ -445,6 +455,7 @@ pub fn load_key(
 ) -> Result<Arc<dyn Key>, ConfigError> {
     match key {
         KeyRef::File(path) => {
+            crate::secrets::check_permissions(setting, path);
             let key = SoftwareKey::from_file(path).map_err(|e| ConfigError::File {
                 setting,
                 path: path.clone(),
@@ -454,6 +465,9 @@ pub fn load_key(
             Ok(Arc::new(key))
         }
         KeyRef::Pkcs11 { pkcs11 } => {
+            if let Some(pin_file) = &pkcs11.pin_file {
+                crate::secrets::check_permissions(setting, pin_file);
+            }
             let key = Pkcs11Key::open(pkcs11, purpose).map_err(|e| ConfigError::Invalid {
                 setting,
                 reason: e.to_string(),

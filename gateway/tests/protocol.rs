@@ -517,3 +517,42 @@ fn serve_without_config_creates_then_reuses_the_embedded_default() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// A client over its per-address rate gets HTTP 429 with Retry-After, before any work.
+#[test]
+fn a_flooding_client_address_gets_429() {
+    let mut gateway = Gateway::start(Options {
+        extra_config: vec![(
+            "shutdown_grace_secs".into(),
+            "20\nper_client_rate = 0.5\nper_client_burst = 2".into(),
+        )],
+        ..Options::default()
+    });
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| {
+            post(
+                gateway.addr,
+                "/scep?operation=PKIOperation",
+                b"not a message",
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(
+        &statuses[..2],
+        &[400, 400],
+        "the burst is served (and the garbage refused)"
+    );
+    let refused = post(gateway.addr, "/scep?operation=PKIOperation", b"x");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The cheap operations are not limited.
+    assert_eq!(get(gateway.addr, "/scep?operation=GetCACaps").status, 200);
+    let metrics = String::from_utf8(get(gateway.addr, "/metrics").body).unwrap();
+    assert!(
+        metrics.contains("scep_admission_refused_total{reason=\"rate\"}"),
+        "{metrics}"
+    );
+    gateway.assert_healthy();
+}

@@ -24,6 +24,7 @@ pub fn read_secret(
             })?)
         }
         (None, Some(path)) => {
+            crate::secrets::check_permissions(setting, path);
             let text =
                 Zeroizing::new(
                     std::fs::read_to_string(path).map_err(|e| ConfigError::File {

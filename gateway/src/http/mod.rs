@@ -7,6 +7,7 @@
 //! - [`admin`]: the one-time challenge password endpoint (off unless configured).
 
 pub mod admin;
+pub mod admission;
 pub mod query;
 pub mod routes;
 pub mod server;

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::admission::Refusal;
 use super::query::{decode_message, ScepQuery};
 use crate::enroll::{self, Summary};
 use crate::error::{Answer, Error};
@@ -226,6 +227,27 @@ async fn pki_operation(
     message: Bytes,
     peer: Option<std::net::SocketAddr>,
 ) -> (Response<Full<Bytes>>, Option<Summary>) {
+    let _permit = match gateway.admission.admit(peer.map(|p| p.ip())) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            metrics::admission_refused(refusal);
+            let (status, text) = match refusal {
+                Refusal::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy: too many operations in flight\n",
+                ),
+                Refusal::Rate => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests from this address\n",
+                ),
+            };
+            let mut response = plain(status, text);
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return (response, None);
+        }
+    };
     let (result, summary) = enroll::pki_operation_from(gateway, message, peer).await;
     let response = match result {
         Ok(reply) => with_type(StatusCode::OK, PKI_MESSAGE, Bytes::from(reply)),

@@ -238,6 +238,7 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
             "holds no certificate".into(),
         ));
     }
+    crate::secrets::check_permissions("server.tls.key", &tls.key);
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| file_error("server.tls.key", &tls.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
