@@ -331,6 +331,7 @@ pub fn gateway(pki: &Pki) -> Result<Arc<Gateway>> {
         renewal: RenewalConfig::default(),
         capabilities: String::new(),
         next_ca_cert: None,
+        next_certificates: Vec::new(),
         claim_lease: Duration::from_secs(30),
         keys: vec![("ra.key", pki.ra.signer.key.clone())],
         readiness: Default::default(),
