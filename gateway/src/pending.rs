@@ -98,7 +98,7 @@ async fn poll_until_decided(
                 return;
             }
             Ok(IssueOutcome::Pending { ticket: again, .. }) => {
-                if again != &ticket[..] {
+                if again[..] != ticket[..] {
                     let record = Record::PendingUpstream {
                         ticket: again.into(),
                     };
