@@ -420,27 +420,12 @@ async fn authorize_and_issue(
     // On the blocking pool already (see `pki_operation`): a CA that can sign right here
     // does, without another hop; the others (the router, upstream CAs) go through
     // `submit`.
-    //
-    // The router counts its CAs' requests itself (`ca::member`); this direct call to
-    // the embedded CA is counted here.
-    let started = std::time::Instant::now();
-    metrics::ca_in_flight(gateway.ca.name(), 1.0);
-    let direct = gateway.ca.issue_blocking(request());
-    metrics::ca_in_flight(gateway.ca.name(), -1.0);
-    let submitted = match direct {
-        Some(issued) => {
-            let outcome = match &issued {
-                Ok(_) => "success",
-                Err(Error::Unavailable(_)) => "unavailable",
-                Err(_) => "refused",
-            };
-            metrics::ca_request(gateway.ca.name(), outcome, started.elapsed());
-            issued.map(|issued| IssueOutcome::Issued {
-                issued,
-                chain: gateway.ca.chain().to_vec(),
-                ca: gateway.ca.name().into(),
-            })
-        }
+    let submitted = match gateway.ca.issue_blocking(request()) {
+        Some(issued) => issued.map(|issued| IssueOutcome::Issued {
+            issued,
+            chain: gateway.ca.chain().to_vec(),
+            ca: gateway.ca.name().into(),
+        }),
         None => gateway.ca.submit(request(), route).await,
     };
     let outcome = match submitted {
