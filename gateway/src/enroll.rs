@@ -347,7 +347,18 @@ async fn resume(
             tracing::info!(transaction_id = %header.transaction_id, reason = %reason, "pending request: the CA is still unavailable");
             Ok(Outcome::Pending)
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // The background poll (`crate::pending`) may have fetched the certificate
+            // while we asked, and an upstream that hands a certificate out once refuses
+            // the second CertPoll: the recorded certificate wins over that refusal.
+            if let Ok(Some(Record::Issued { certificate })) = gateway.store.get(key).await {
+                observe::retry_answered("certpoll");
+                *answered_by = Some("store".into());
+                let chain = gateway.ca.chain_of(&certificate);
+                return Ok(issued(certificate, chain));
+            }
+            Err(e)
+        }
     }
 }
 

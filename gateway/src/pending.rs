@@ -97,8 +97,16 @@ async fn poll_until_decided(
                 }
                 return;
             }
+            Ok(IssueOutcome::Pending { ticket: again, .. }) if again[..] == ticket[..] => {}
             Ok(IssueOutcome::Pending { ticket: again, .. }) => {
-                if again[..] != ticket[..] {
+                // A new ticket is written only while the record is still pending (not
+                // atomic: a device CertPoll answered in between could be overwritten, but
+                // upstream tickets do not change between polls in practice).
+                let still_pending = matches!(
+                    store.get(key).await,
+                    Ok(Some(Record::PendingUpstream { .. }))
+                );
+                if still_pending {
                     let record = Record::PendingUpstream {
                         ticket: again.into(),
                     };
