@@ -331,8 +331,12 @@ pub fn gateway(pki: &Pki) -> Result<Arc<Gateway>> {
         renewal: RenewalConfig::default(),
         capabilities: String::new(),
         next_ca_cert: None,
+        next_certificates: Vec::new(),
         claim_lease: Duration::from_secs(30),
         keys: vec![("ra.key", pki.ra.signer.key.clone())],
+        // No admission limit worth the name: the bench measures the pipeline.
+        admission: scep_gateway::http::admission::Admission::new(usize::MAX >> 4, None),
+        reload_token: None,
         readiness: Default::default(),
     }))
 }

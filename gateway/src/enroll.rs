@@ -43,7 +43,9 @@ pub struct Summary {
     pub outcome: &'static str,
     /// Why, for the log (never secret material).
     pub detail: Option<String>,
-    /// The CA that issued or answered (PKCSReq, RenewalReq, GetCRL), by its name.
+    /// The CA that issued or answered (PKCSReq, RenewalReq, CertPoll, GetCRL), by its
+    /// name: the `[[cas]]` name of the CA the router picked, `store` for a retry or
+    /// CertPoll answered from the store, else the gateway's CA.
     pub ca: Option<String>,
 }
 
@@ -117,6 +119,8 @@ async fn operation(
         metrics::legacy_crypto("sha1");
     }
 
+    // Filled by `decide` with the CA that actually answered.
+    let mut answered_by = None;
     let (cipher, outcome) = match opened {
         Ok(request) => {
             let cipher = request.cipher;
@@ -124,15 +128,19 @@ async fn operation(
                 tracing::info!(transaction_id = %header.transaction_id, cipher = cipher.name(), "legacy content cipher used");
                 metrics::legacy_crypto(cipher.name());
             }
-            (Some(cipher), decide(&gateway, request, client_addr).await)
+            let outcome = decide(&gateway, request, client_addr, &mut answered_by).await;
+            (Some(cipher), outcome)
         }
         Err(e) => (None, Err(e)),
     };
 
-    if matches!(
+    if answered_by.is_some() {
+        summary.ca = answered_by;
+    } else if matches!(
         header.message_type,
         MessageType::PkcsReq | MessageType::RenewalReq | MessageType::GetCrl
     ) {
+        // No CA answered (refused before issuing, an outage): the gateway's CA.
         summary.ca = Some(gateway.ca.name().to_owned());
     }
     let outcome = match outcome {
@@ -161,11 +169,13 @@ async fn operation(
     (reply, summary)
 }
 
-/// Decides the outcome of a verified, decrypted request.
+/// Decides the outcome of a verified, decrypted request; `answered_by` is set to the
+/// CA that issued or deferred (or "store").
 async fn decide(
     gateway: &Gateway,
     request: Request,
     client_addr: Option<SocketAddr>,
+    answered_by: &mut Option<String>,
 ) -> Result<Outcome> {
     let header = &request.header;
     // Every SUCCESS is enveloped to the signer certificate: refuse a signer key we
@@ -176,8 +186,10 @@ async fn decide(
         (
             MessageType::PkcsReq | MessageType::RenewalReq,
             RequestBody::CertificationRequest(der),
-        ) => enroll(gateway, header, der, client_addr).await,
-        (MessageType::CertPoll, RequestBody::CertPoll { .. }) => poll(gateway, header).await,
+        ) => enroll(gateway, header, der, client_addr, answered_by).await,
+        (MessageType::CertPoll, RequestBody::CertPoll { .. }) => {
+            poll(gateway, header, answered_by).await
+        }
         (MessageType::GetCert, RequestBody::IssuerAndSerial { issuer, serial }) => {
             match gateway.store.certificate(issuer, serial).await? {
                 Some(certificate) => Ok(Outcome::Issued {
@@ -214,6 +226,7 @@ async fn enroll(
     header: &RequestHeader,
     csr_der: &[u8],
     client_addr: Option<SocketAddr>,
+    answered_by: &mut Option<String>,
 ) -> Result<Outcome> {
     let csr = CertificationRequest::from_der(csr_der)?;
     let key = transaction_key(gateway, header)?;
@@ -225,12 +238,13 @@ async fn enroll(
         Claim::Existing(Record::Issued { certificate }) => {
             tracing::info!(transaction_id = %header.transaction_id, "retry answered from the store");
             observe::retry_answered("pkcsreq");
+            *answered_by = Some("store".into());
             let chain = gateway.ca.chain_of(&certificate);
             return Ok(issued(certificate, chain));
         }
         Claim::Existing(Record::Pending | Record::InProgress) => return Ok(Outcome::Pending),
         Claim::Existing(Record::PendingUpstream { ticket }) => {
-            return resume(gateway, &key, header, &ticket).await
+            return resume(gateway, &key, header, &ticket, answered_by).await
         }
         Claim::Conflict => {
             return Err(Error::Refused(
@@ -240,7 +254,18 @@ async fn enroll(
     }
 
     match authorize_and_issue(gateway, &key, header, &csr, client_addr).await {
-        Ok(outcome) => record(gateway, &key, header, outcome).await,
+        Ok(outcome) => {
+            let pending = match &outcome {
+                IssueOutcome::Pending { ticket, .. } => Some(ticket.clone()),
+                IssueOutcome::Issued { .. } => None,
+            };
+            let reply = record(gateway, &key, header, outcome, answered_by).await?;
+            // Recorded as pending: poll the CA in the background too (if it asks for it).
+            if let Some(ticket) = pending {
+                crate::pending::watch(gateway.ca.clone(), gateway.store.clone(), key, ticket);
+            }
+            Ok(reply)
+        }
         Err(e) => {
             // Also after a withheld certificate (a failed Intune success notification):
             // the retry runs again instead of being answered with that certificate.
@@ -258,9 +283,18 @@ async fn record(
     key: &TransactionKey,
     header: &RequestHeader,
     outcome: IssueOutcome,
+    answered_by: &mut Option<String>,
 ) -> Result<Outcome> {
+    match &outcome {
+        IssueOutcome::Issued { ca, .. } | IssueOutcome::Pending { ca, .. } if !ca.is_empty() => {
+            *answered_by = Some(ca.to_string());
+        }
+        _ => {}
+    }
     match outcome {
-        IssueOutcome::Issued { issued: new, chain } => {
+        IssueOutcome::Issued {
+            issued: new, chain, ..
+        } => {
             let certificate = new.certificate;
             let fields = CertificateFields::parse(&certificate)?;
             // The certificate exists now: losing it from the store must not lose it
@@ -275,7 +309,7 @@ async fn record(
             }
             Ok(issued(certificate, chain))
         }
-        IssueOutcome::Pending { ticket } => {
+        IssueOutcome::Pending { ticket, .. } => {
             // Without the record the device's CertPoll could not be answered: an
             // error (503) here lets the device retry its PKCSReq instead.
             gateway
@@ -301,15 +335,30 @@ async fn resume(
     key: &TransactionKey,
     header: &RequestHeader,
     ticket: &[u8],
+    answered_by: &mut Option<String>,
 ) -> Result<Outcome> {
     match gateway.ca.poll(ticket).await {
-        Ok(IssueOutcome::Pending { ticket: again }) if again == ticket => Ok(Outcome::Pending),
-        Ok(outcome) => record(gateway, key, header, outcome).await,
+        Ok(IssueOutcome::Pending { ticket: again, ca }) if again == ticket => {
+            *answered_by = (!ca.is_empty()).then(|| ca.to_string());
+            Ok(Outcome::Pending)
+        }
+        Ok(outcome) => record(gateway, key, header, outcome, answered_by).await,
         Err(Error::Unavailable(reason)) => {
             tracing::info!(transaction_id = %header.transaction_id, reason = %reason, "pending request: the CA is still unavailable");
             Ok(Outcome::Pending)
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // The background poll (`crate::pending`) may have fetched the certificate
+            // while we asked, and an upstream that hands a certificate out once refuses
+            // the second CertPoll: the recorded certificate wins over that refusal.
+            if let Ok(Some(Record::Issued { certificate })) = gateway.store.get(key).await {
+                observe::retry_answered("certpoll");
+                *answered_by = Some("store".into());
+                let chain = gateway.ca.chain_of(&certificate);
+                return Ok(issued(certificate, chain));
+            }
+            Err(e)
+        }
     }
 }
 
@@ -386,6 +435,7 @@ async fn authorize_and_issue(
         Some(issued) => issued.map(|issued| IssueOutcome::Issued {
             issued,
             chain: gateway.ca.chain().to_vec(),
+            ca: gateway.ca.name().into(),
         }),
         None => gateway.ca.submit(request(), route).await,
     };
@@ -422,16 +472,23 @@ async fn authorize_and_issue(
 }
 
 /// CertPoll (RFC 8894 §3.3.3): the state of a transaction, from the store.
-async fn poll(gateway: &Gateway, header: &RequestHeader) -> Result<Outcome> {
+async fn poll(
+    gateway: &Gateway,
+    header: &RequestHeader,
+    answered_by: &mut Option<String>,
+) -> Result<Outcome> {
     let key = transaction_key(gateway, header)?;
     match gateway.store.get(&key).await? {
         Some(Record::Issued { certificate }) => {
             observe::retry_answered("certpoll");
+            *answered_by = Some("store".into());
             let chain = gateway.ca.chain_of(&certificate);
             Ok(issued(certificate, chain))
         }
         Some(Record::Pending | Record::InProgress) => Ok(Outcome::Pending),
-        Some(Record::PendingUpstream { ticket }) => resume(gateway, &key, header, &ticket).await,
+        Some(Record::PendingUpstream { ticket }) => {
+            resume(gateway, &key, header, &ticket, answered_by).await
+        }
         None => Err(Error::NotFound("no such transaction".into())),
     }
 }

@@ -25,6 +25,7 @@ pub mod health;
 pub mod http;
 pub mod init;
 pub mod metrics;
+pub mod pending;
 pub mod ra;
 pub mod reload;
 pub mod scep;

@@ -37,7 +37,6 @@ pub const SHUTTING_DOWN: &str = "scep_shutting_down";
 pub const READY: &str = "scep_ready";
 pub const READINESS_CHECK: &str = "scep_readiness_check";
 pub const ADMISSION_REFUSED: &str = "scep_admission_refused_total";
-// Not recorded yet: their code paths are other issues' work (see the functions below).
 pub const CA_REQUESTS: &str = "scep_ca_requests_total";
 pub const CA_DURATION: &str = "scep_ca_request_duration_seconds";
 pub const CA_BREAKER_OPEN: &str = "scep_ca_breaker_open";
@@ -323,7 +322,8 @@ pub fn config_reloaded(gateway: &crate::service::Gateway) {
     sample();
 }
 
-/// The certificates of a gateway (RA, encryption RA, CA and chain) plus the TLS chain.
+/// The certificates of a gateway (RA, encryption RA, CA and chain, the `[next]`
+/// certificates of GetNextCACert) plus the TLS chain.
 pub fn gateway_certificates(
     gateway: &crate::service::Gateway,
     tls: &[Arc<[u8]>],
@@ -336,6 +336,9 @@ pub fn gateway_certificates(
     }
     for (i, cert) in gateway.ca.chain().iter().enumerate() {
         add(if i == 0 { "ca" } else { "chain" }, cert);
+    }
+    for cert in &gateway.next_certificates {
+        add("next", cert);
     }
     if let Some(tls_leaf) = tls.first() {
         add("tls", tls_leaf);
@@ -363,23 +366,28 @@ pub fn shutting_down() {
     gauge!(SHUTTING_DOWN).set(1.0);
 }
 
-// --- Not wired yet: upstream CAs and challenges (other issues) -----------------------
+// --- CAs and challenges ----------------------------------------------------------------
 
-/// One request to a CA (`ca`: its configured name, `embedded` for the built-in one):
-/// `outcome` is `issued`, `refused`, `pending` or `error`. For the upstream-CA router to
-/// call around each `Ca::issue`.
+/// One request to a CA (`ca`: its `[[cas]]` name behind the router, `embedded` for the
+/// built-in CA without `[[cas]]`): `outcome` is `success`, `pending`, `refused` (a policy
+/// answer: CertRep FAILURE) or `unavailable` (an outage: timeout, connection error,
+/// garbage). A request the breaker or the in-flight bound kept from the CA is not
+/// counted: nothing was sent. Recorded by
+/// `ca::member` around each call of the router, and by `enroll` around the embedded
+/// CA's direct issuance.
 pub fn ca_request(ca: &str, outcome: &'static str, elapsed: Duration) {
     counter!(CA_REQUESTS, "ca" => ca.to_owned(), "outcome" => outcome).increment(1);
     histogram!(CA_DURATION, "ca" => ca.to_owned(), "outcome" => outcome)
         .record(elapsed.as_secs_f64());
 }
 
-/// A CA's circuit breaker opened (`true`) or closed (`false`). For the upstream-CA client.
+/// A CA's circuit breaker opened (`true`) or closed (`false`); set to closed when the
+/// router is built. Recorded by `ca::member` on every transition.
 pub fn ca_breaker(ca: &str, open: bool) {
     gauge!(CA_BREAKER_OPEN, "ca" => ca.to_owned()).set(if open { 1.0 } else { 0.0 });
 }
 
-/// Requests in flight to a CA; call with +1 before and −1 after. For the upstream-CA client.
+/// Requests in flight to a CA; called with +1 before and −1 after each call.
 pub fn ca_in_flight(ca: &str, delta: f64) {
     gauge!(CA_IN_FLIGHT, "ca" => ca.to_owned()).increment(delta);
 }
@@ -400,8 +408,9 @@ pub fn challenge_validation(mode: &'static str, outcome: &'static str) {
     counter!(CHALLENGE_VALIDATIONS, "mode" => mode, "outcome" => outcome).increment(1);
 }
 
-/// One outbound call of a challenge validator (`kind`: intune, webhook, token), its
-/// latency and whether it succeeded. For the Intune and webhook validators.
+/// One outbound call of a challenge validator, its latency (retries included) and
+/// whether it succeeded. `kind`: `intune_token`, `intune_discovery`, `intune_validate`,
+/// `intune_notify` (success and failure notifications), `webhook`, `webhook_notify`.
 pub fn challenge_call(kind: &'static str, elapsed: Duration, ok: bool) {
     let result = if ok { "ok" } else { "error" };
     histogram!(CHALLENGE_CALL_DURATION, "kind" => kind, "result" => result)

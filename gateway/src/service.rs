@@ -54,6 +54,8 @@ pub struct Gateway {
     pub capabilities: String,
     pub ca_cert: CaCertAnswer,
     pub next_ca_cert: Option<CaCertAnswer>,
+    /// The `[next]` certificates GetNextCACert serves (DER), for their expiry gauge.
+    pub next_certificates: Vec<Arc<[u8]>>,
     /// How long a claimed transaction stays claimed if this process dies mid-way.
     pub claim_lease: Duration,
     /// Every RA and CA key by its setting name, for the readiness check.
@@ -183,12 +185,14 @@ impl Gateway {
             embedded => build_router(config, &ra, embedded, store.clone())?,
         };
 
+        let mut next_certificates = Vec::new();
         let next = match &config.next {
             Some(next) => {
                 let mut certs = Vec::new();
                 for path in &next.certificates {
                     certs.extend(load_certificates("next.certificates", path)?);
                 }
+                next_certificates = certs.clone();
                 Some(cacert::next_ca_cert(&ra.signer, &certs).map_err(|e| {
                     ConfigError::Invalid {
                         setting: "next.certificates",
@@ -229,6 +233,7 @@ impl Gateway {
             renewal: config.renewal.clone(),
             capabilities: capabilities.render(),
             next_ca_cert: next,
+            next_certificates,
             claim_lease,
             keys,
             admission: crate::http::admission::Admission::new(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::redis::RedisServer;
-use common::{get, post, raw_request, Options, Pki};
+use common::{get, metric, post, raw_request, Options, Pki};
 use mock::{MockServer, Recorded, Reply};
 use scep_gateway::ca::certificate::{common_name, ParsedCertificate};
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
@@ -454,6 +454,17 @@ fn webhook_allows_denies_and_an_outage_is_503() {
         .assert_success();
     gateway.assert_healthy();
     assert!(!gateway.log().contains(HMAC_KEY));
+    // Every call to the webhook is timed: the answered ones ok, the outages not.
+    let calls = |result| {
+        metric(
+            gateway.addr,
+            "scep_challenge_call_duration_seconds_count",
+            &[("kind", "webhook"), ("result", result)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(calls("ok") >= 2.0, "{}", calls("ok"));
+    assert_eq!(calls("error"), 2.0);
 }
 
 // ----------------------------------------------------------------------------- Intune
@@ -845,6 +856,21 @@ fn intune_validation_success_failures_and_withheld_certificates() {
     assert_eq!(fx.server.requests_to("/v1.0/servicePrincipals").len(), 1);
     assert_eq!(fx.server.requests_to(&format!("/{TENANT}/oauth2")).len(), 2);
     assert_no_violation(&fx.state);
+    // Each kind of outbound Intune call is timed.
+    for kind in [
+        "intune_token",
+        "intune_discovery",
+        "intune_validate",
+        "intune_notify",
+    ] {
+        let ok = [("kind", kind), ("result", "ok")];
+        let count = metric(
+            gateway.addr,
+            "scep_challenge_call_duration_seconds_count",
+            &ok,
+        );
+        assert!(count.is_some_and(|n| n >= 1.0), "{kind}: {count:?}");
+    }
 
     gateway.assert_healthy();
     let log = gateway.log();

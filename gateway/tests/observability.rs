@@ -170,6 +170,15 @@ fn metrics_after_enrollments(backend: Backend) {
         1.0
     );
 
+    // The embedded CA (no [[cas]]) issued once; the refused request never reached it.
+    let embedded = [("ca", "embedded"), ("outcome", "success")];
+    assert_eq!(must(&text, "scep_ca_requests_total", &embedded), 1.0);
+    assert!(sample(&text, "scep_ca_requests_total", &[("outcome", "refused")]).is_none());
+    assert_eq!(
+        must(&text, "scep_ca_requests_in_flight", &[("ca", "embedded")]),
+        0.0
+    );
+
     // Keys: the RA decrypted and signed, the CA signed once.
     let hsm = "scep_hsm_operation_duration_seconds_count";
     assert_eq!(

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{get, post, read_der, require_tool, Gateway, Options, CHALLENGE};
+use common::{get, metric, post, read_der, require_tool, Gateway, Options, CHALLENGE};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
 use scep_gateway::scep::client::{ca_certificates, encryption_certificate, MessageSpec, Requester};
@@ -141,6 +141,13 @@ fn the_ra_certificate_rolls_over_with_a_config_edit_and_sighup() {
     });
     let caps = String::from_utf8(get(gateway.addr, "/scep?operation=GetCACaps").body).unwrap();
     assert!(caps.lines().any(|l| l == "GetNextCACert"), "{caps}");
+    // The announced certificates are watched for expiry too.
+    let next_expiry = metric(
+        gateway.addr,
+        "scep_cert_expiry_seconds",
+        &[("role", "next")],
+    );
+    assert!(next_expiry.is_some_and(|s| s > 0.0), "{next_expiry:?}");
 
     // 2. Promote: the new RA serves, the old one only decrypts.
     let promoted = original

@@ -317,6 +317,32 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// `GET /metrics`.
+fn scrape(gw: &Gateway) -> String {
+    let response = get(gw.addr, "/metrics");
+    assert_eq!(response.status, 200);
+    String::from_utf8(response.body).unwrap()
+}
+
+/// The value of the first sample of `name` whose labels include every `labels` pair.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse().unwrap())
+}
+
+fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(text, name, labels).unwrap_or_else(|| panic!("no {name} with {labels:?} in\n{text}"))
+}
+
 fn log_has(gw: &Gateway, ca: &str, message: &str) -> bool {
     gw.log()
         .lines()
@@ -729,6 +755,104 @@ fn an_upstream_pending_becomes_a_certificate_on_the_devices_certpoll() {
     // Answered from the store afterwards.
     assert_eq!(device.certpoll(&gw, &ca).certificate(), certificate);
     assert_eq!(device.pkcsreq(&gw).certificate(), certificate);
+    gw.assert_healthy();
+}
+
+#[test]
+fn an_upstream_pending_is_fetched_in_the_background_before_the_device_polls() {
+    let (url, ca) = fake_upstream(Misbehaviour::Pending);
+    let mut ca_entry = scep_ca("slow-approver", &url, 5000);
+    ca_entry.push("poll_interval_secs = 1".into());
+    let mut gw = gateway(vec![ca_entry, profile("default", &["slow-approver"], None)]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "patient-device", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    // The gateway CertPolls the upstream by itself and records the certificate...
+    eventually(Duration::from_secs(10), "the background poll", || {
+        gw.log()
+            .contains("certificate recorded by the background poll")
+    });
+    // ...so the device's CertPoll is answered from the store (the fake upstream hands a
+    // certificate out only once): the upstream was asked twice in all, the PKCSReq
+    // (pending) and the background CertPoll (success).
+    let certificate = device.certpoll(&gw, &ca).certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("ca.pem");
+    write_pem(&ca_pem, "CERTIFICATE", &ca);
+    verify_against(&certificate, &ca_pem);
+    let text = scrape(&gw);
+    let retries = [("kind", "certpoll")];
+    assert_eq!(
+        must(&text, "scep_store_retries_answered_total", &retries),
+        1.0
+    );
+    let requests = |outcome| {
+        must(
+            &text,
+            "scep_ca_requests_total",
+            &[("ca", "slow-approver"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(requests("pending"), 1.0);
+    assert_eq!(requests("success"), 1.0);
+    // The request log names the CA for the PKCSReq and the store for the CertPoll.
+    let log = gw.log();
+    let request_lines: Vec<&str> = log.lines().filter(|l| l.contains("scep request")).collect();
+    assert!(
+        request_lines
+            .iter()
+            .any(|l| l.contains("outcome=\"pending\"") && l.contains("ca=\"slow-approver\"")),
+        "{log}"
+    );
+    assert!(
+        request_lines
+            .iter()
+            .any(|l| l.contains("outcome=\"success\"") && l.contains("ca=\"store\"")),
+        "{log}"
+    );
+    gw.assert_healthy();
+}
+
+#[test]
+fn ca_metrics_and_the_request_log_name_the_upstream_that_answered() {
+    let (url, ca) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));
+    // A CA that is not there, first in the profile: its breaker opens at start and the
+    // request fails over to the working one.
+    let dead = format!("http://127.0.0.1:{}/scep", free_port());
+    let mut gw = gateway(vec![
+        scep_ca("dead-ca", &dead, 1000),
+        scep_ca("answering-ca", &url, 5000),
+        profile("default", &["dead-ca", "answering-ca"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let certificate = enroll(&gw, "metered-device", None).certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("ca.pem");
+    write_pem(&ca_pem, "CERTIFICATE", &ca);
+    verify_against(&certificate, &ca_pem);
+
+    let text = scrape(&gw);
+    let answering = [("ca", "answering-ca"), ("outcome", "success")];
+    assert_eq!(must(&text, "scep_ca_requests_total", &answering), 1.0);
+    assert_eq!(
+        must(&text, "scep_ca_request_duration_seconds_count", &answering),
+        1.0
+    );
+    let breaker = |ca| must(&text, "scep_ca_breaker_open", &[("ca", ca)]);
+    assert_eq!(breaker("answering-ca"), 0.0);
+    assert_eq!(breaker("dead-ca"), 1.0);
+    let in_flight = [("ca", "answering-ca")];
+    assert_eq!(must(&text, "scep_ca_requests_in_flight", &in_flight), 0.0);
+    // The open breaker kept the request away from the dead CA: nothing was sent to it.
+    assert!(sample(&text, "scep_ca_requests_total", &[("ca", "dead-ca")]).is_none());
+
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("scep request")
+            && l.contains("outcome=\"success\"")
+            && l.contains("ca=\"answering-ca\"")),
+        "{log}"
+    );
     gw.assert_healthy();
 }
 

@@ -531,14 +531,27 @@ impl Ca for EmbeddedCa {
     }
 
     /// Signs on the calling thread (the caller is on the blocking pool).
+    ///
+    /// Only the pipeline calls this, when the embedded CA is the gateway's CA (no
+    /// `[[cas]]`), so this is where that issuance is counted in the CA metrics
+    /// (`ca="embedded"`); behind the router, `ca::member` counts the calls.
     fn issue_blocking(&self, request: IssueRequest<'_>) -> Option<Result<Issued>> {
-        Some(
-            self.prepare(request.csr, SystemTime::now())
-                .and_then(|(serial, tbs)| {
-                    let certificate = self.signer.sign_tbs(&tbs)?;
-                    Ok(issued(&request, serial, certificate))
-                }),
-        )
+        let started = std::time::Instant::now();
+        crate::metrics::ca_in_flight(self.name(), 1.0);
+        let result = self
+            .prepare(request.csr, SystemTime::now())
+            .and_then(|(serial, tbs)| {
+                let certificate = self.signer.sign_tbs(&tbs)?;
+                Ok(issued(&request, serial, certificate))
+            });
+        crate::metrics::ca_in_flight(self.name(), -1.0);
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(Error::Unavailable(_)) => "unavailable",
+            Err(_) => "refused",
+        };
+        crate::metrics::ca_request(self.name(), outcome, started.elapsed());
+        Some(result)
     }
 
     fn chain(&self) -> &[Arc<[u8]>] {

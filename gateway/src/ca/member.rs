@@ -13,6 +13,7 @@ use super::upstream::UpstreamCa;
 use super::{BoxFuture, Ca, IssueOutcome, IssueRequest, Route};
 use crate::csr::CertificationRequest;
 use crate::error::{Error, Result};
+use crate::metrics;
 
 /// A CA the router can send to.
 #[derive(Debug)]
@@ -39,6 +40,9 @@ pub struct Member {
     timeout: Duration,
     probe_interval: Duration,
     latency: LatencyWindow,
+    /// Background CertPoll of a PENDING answer: interval (zero: off) and attempts.
+    pub(super) poll_interval: Duration,
+    pub(super) poll_attempts: u32,
 }
 
 /// Re-opens the trial slot if a trial request is dropped before it tells anything.
@@ -52,8 +56,29 @@ impl Drop for TrialGuard<'_> {
     }
 }
 
+/// Counts a request in `scep_ca_requests_in_flight` while it lives (also when a hedged
+/// or timed-out call is dropped half-way).
+struct InFlight<'a>(&'a str);
+
+impl<'a> InFlight<'a> {
+    fn start(ca: &'a str) -> Self {
+        metrics::ca_in_flight(ca, 1.0);
+        InFlight(ca)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        metrics::ca_in_flight(self.0, -1.0);
+    }
+}
+
 impl Member {
     pub fn new(config: &CaEntryConfig, backend: Backend) -> Self {
+        // The gauges exist from the start (closed, nothing in flight), so that a
+        // dashboard shows every configured CA before its first request.
+        metrics::ca_breaker(&config.name, false);
+        metrics::ca_in_flight(&config.name, 0.0);
         Member {
             name: config.name.clone(),
             backend,
@@ -68,6 +93,8 @@ impl Member {
             timeout: Duration::from_millis(config.timeout_ms),
             probe_interval: Duration::from_secs(config.probe_interval_secs),
             latency: LatencyWindow::default(),
+            poll_interval: Duration::from_secs(config.poll_interval_secs),
+            poll_attempts: config.poll_attempts,
         }
     }
 
@@ -126,6 +153,7 @@ impl Member {
             )));
         };
         let started = Instant::now();
+        let in_flight = InFlight::start(&self.name);
         let result = tokio::time::timeout(self.timeout, call(&self.backend))
             .await
             .unwrap_or_else(|_| {
@@ -135,7 +163,15 @@ impl Member {
                     self.timeout.as_millis()
                 )))
             });
+        drop(in_flight);
         trial.0 = None;
+        let outcome = match &result {
+            Ok(IssueOutcome::Issued { .. }) => "success",
+            Ok(IssueOutcome::Pending { .. }) => "pending",
+            Err(Error::Unavailable(_)) => "unavailable",
+            Err(_) => "refused",
+        };
+        metrics::ca_request(&self.name, outcome, started.elapsed());
         match &result {
             Err(e @ Error::Unavailable(_)) => self.outage(e),
             _ => {
@@ -149,12 +185,14 @@ impl Member {
     fn outage(&self, error: &Error) {
         tracing::info!(ca = %self.name, error = %error, "CA unavailable");
         if let Some(Transition::Opened { backoff }) = self.breaker.failure() {
+            metrics::ca_breaker(&self.name, true);
             tracing::warn!(ca = %self.name, backoff_ms = backoff.as_millis() as u64, error = %error, "circuit breaker opened: CA unavailable, requests go to the next CA");
         }
     }
 
     fn answered(&self, by: &str) {
         if let Some(Transition::Closed) = self.breaker.success() {
+            metrics::ca_breaker(&self.name, false);
             tracing::info!(ca = %self.name, by, "circuit breaker closed: CA answers again");
         }
     }
@@ -205,6 +243,7 @@ impl Member {
                 Err(e) if first => {
                     tracing::warn!(ca = %self.name, error = %e, "CA unreachable at start");
                     if let Some(Transition::Opened { backoff }) = self.breaker.force_open() {
+                        metrics::ca_breaker(&self.name, true);
                         tracing::warn!(ca = %self.name, backoff_ms = backoff.as_millis() as u64, "circuit breaker opened: CA unavailable, requests go to the next CA");
                     }
                 }

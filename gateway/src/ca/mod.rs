@@ -42,15 +42,19 @@ pub struct Issued {
 /// answered PENDING, RFC 8894 §3.3.2, or every CA of a queueing profile was down).
 #[derive(Debug, Clone)]
 pub enum IssueOutcome {
-    /// The certificate and the chain to send after it in the CertRep.
+    /// The certificate and the chain to send after it in the CertRep. `ca` names the
+    /// CA that issued it (its [`Ca::name`], or its `[[cas]]` name behind the router),
+    /// for the request log.
     Issued {
         issued: Issued,
         chain: Vec<Arc<[u8]>>,
+        ca: Arc<str>,
     },
     /// Not decided yet. `ticket` is opaque to the pipeline: it is kept in the store
     /// ([`crate::store::Record::PendingUpstream`]) and handed back to [`Ca::poll`] on the
-    /// device's CertPoll.
-    Pending { ticket: Vec<u8> },
+    /// device's CertPoll. `ca` names the CA that answered PENDING; empty when no CA
+    /// answered (a queueing profile with every CA down).
+    Pending { ticket: Vec<u8>, ca: Arc<str> },
 }
 
 /// Hints for choosing where a request goes, besides its CSR.
@@ -105,6 +109,7 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
             Ok(IssueOutcome::Issued {
                 issued,
                 chain: self.chain().to_vec(),
+                ca: self.name().into(),
             })
         })
     }
@@ -126,6 +131,13 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
     /// when it is only known at run time (upstream CAs). `None`: the chain is
     /// [`Ca::chain`] and GetCACert is the answer prepared at start.
     fn ca_chain(&self, _identifier: Option<&str>) -> Option<Vec<Arc<[u8]>>> {
+        None
+    }
+
+    /// How often a deferred request with this `ticket` should be polled in the
+    /// background (see `crate::pending`), and how many times at most. `None` (the
+    /// default): only the device's CertPoll asks again.
+    fn poll_schedule(&self, _ticket: &[u8]) -> Option<(std::time::Duration, u32)> {
         None
     }
 

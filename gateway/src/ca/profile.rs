@@ -44,6 +44,12 @@ pub struct CaEntryConfig {
     /// First back-off of an open breaker, doubled per failed trial up to the max.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// scep: after a PENDING answer, CertPoll the upstream every this many seconds in
+    /// the background and record the certificate when it comes (0: only the device's
+    /// CertPoll asks).
+    pub poll_interval_secs: u64,
+    /// scep: background CertPolls of one pending request at most.
+    pub poll_attempts: u32,
 }
 
 impl Default for CaEntryConfig {
@@ -62,6 +68,8 @@ impl Default for CaEntryConfig {
             failure_threshold: 3,
             backoff_initial_ms: 1000,
             backoff_max_ms: 60_000,
+            poll_interval_secs: 60,
+            poll_attempts: 60,
         }
     }
 }

@@ -277,7 +277,7 @@ impl Router {
             Strategy::Hedged => self.hedged(profile, request.clone()).await,
         };
         match result {
-            Ok((index, IssueOutcome::Pending { ticket })) => Ok(IssueOutcome::Pending {
+            Ok((index, IssueOutcome::Pending { ticket, .. })) => Ok(IssueOutcome::Pending {
                 ticket: RouterTicket {
                     profile: profile.name.clone(),
                     ca: self.members[index].name.clone(),
@@ -285,8 +285,15 @@ impl Router {
                     csr: Vec::new(),
                 }
                 .encode(),
+                ca: self.members[index].name.as_str().into(),
             }),
-            Ok((_, issued)) => Ok(issued),
+            // The member's `[[cas]]` name, also for the embedded CA (which calls itself
+            // "embedded").
+            Ok((index, IssueOutcome::Issued { issued, chain, .. })) => Ok(IssueOutcome::Issued {
+                issued,
+                chain,
+                ca: self.members[index].name.as_str().into(),
+            }),
             Err(Error::Unavailable(reason))
                 if profile.queue_when_down && request.renewing.is_none() =>
             {
@@ -299,6 +306,7 @@ impl Router {
                         csr: request.csr.as_der().to_vec(),
                     }
                     .encode(),
+                    ca: "".into(),
                 })
             }
             Err(e) => Err(e),
@@ -366,7 +374,7 @@ impl Ca for Router {
                 .find(|m| m.name == ticket.ca)
                 .ok_or_else(|| Error::NotFound("the CA of this request is gone".into()))?;
             match member.clone().poll(ticket.inner).await? {
-                IssueOutcome::Pending { ticket: inner } => Ok(IssueOutcome::Pending {
+                IssueOutcome::Pending { ticket: inner, .. } => Ok(IssueOutcome::Pending {
                     ticket: RouterTicket {
                         profile: ticket.profile,
                         ca: ticket.ca,
@@ -374,10 +382,26 @@ impl Ca for Router {
                         csr: Vec::new(),
                     }
                     .encode(),
+                    ca: member.name.as_str().into(),
                 }),
-                issued => Ok(issued),
+                IssueOutcome::Issued { issued, chain, .. } => Ok(IssueOutcome::Issued {
+                    issued,
+                    chain,
+                    ca: member.name.as_str().into(),
+                }),
             }
         })
+    }
+
+    /// Background polling of a request an upstream CA deferred: that CA's
+    /// `poll_interval_secs` and `poll_attempts`. A request queued while every CA was
+    /// down is not polled in the background (the device's CertPoll submits it again).
+    fn poll_schedule(&self, ticket: &[u8]) -> Option<(std::time::Duration, u32)> {
+        let ticket = RouterTicket::decode(ticket).ok()?;
+        let member = self.members.iter().find(|m| m.name == ticket.ca)?;
+        let upstream = matches!(member.backend, Backend::Upstream(_));
+        (upstream && !member.poll_interval.is_zero() && member.poll_attempts > 0)
+            .then_some((member.poll_interval, member.poll_attempts))
     }
 
     /// The embedded CA's chain (static); upstream chains are learnt at run time and

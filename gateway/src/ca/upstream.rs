@@ -385,6 +385,7 @@ impl UpstreamCa {
                         serial,
                     },
                     chain: learnt.chain.clone(),
+                    ca: self.settings.name.as_str().into(),
                 })
             }
             PkiStatus::Failure => {
@@ -398,6 +399,7 @@ impl UpstreamCa {
             }
             PkiStatus::Pending => Ok(IssueOutcome::Pending {
                 ticket: poll.encode(),
+                ca: self.settings.name.as_str().into(),
             }),
         }
     }

@@ -249,8 +249,23 @@ impl IntuneChallenge {
     }
 
     /// Sends what `build` makes, retrying connection errors, timeouts, 429 and 5xx up
-    /// to `retries` times with a short doubling pause.
+    /// to `retries` times with a short doubling pause. The whole call (retries
+    /// included) is one `scep_challenge_call_duration_seconds` sample of `kind`
+    /// (`intune_token`, `intune_discovery`, `intune_validate`, `intune_notify`): ok
+    /// when it ends with a 2xx answer.
     async fn send(
+        &self,
+        kind: &'static str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> std::result::Result<reqwest::Response, String> {
+        let started = Instant::now();
+        let result = self.send_with_retries(build).await;
+        let ok = matches!(&result, Ok(r) if r.status().is_success());
+        crate::metrics::challenge_call(kind, started.elapsed(), ok);
+        result
+    }
+
+    async fn send_with_retries(
         &self,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> std::result::Result<reqwest::Response, String> {
@@ -307,7 +322,7 @@ impl IntuneChallenge {
             }
         }
         let response = self
-            .send(|| {
+            .send("intune_token", || {
                 self.client
                     .post(&self.token_url)
                     .header(
@@ -411,7 +426,7 @@ impl IntuneChallenge {
         }
         let token = self.token(&self.graph_scope).await?;
         let response = self
-            .send(|| {
+            .send("intune_discovery", || {
                 self.client
                     .get(&self.discovery_url)
                     .bearer_auth(token.as_str())
@@ -460,8 +475,13 @@ impl IntuneChallenge {
         let url = format!("{}/ScepActions/{action}", trim(base));
         let token = self.token(&self.intune_scope).await.map_err(unreachable)?;
         let body = Zeroizing::new(body.to_string());
+        let kind = if action == "validateRequest" {
+            "intune_validate"
+        } else {
+            "intune_notify"
+        };
         let response = self
-            .send(|| {
+            .send(kind, || {
                 self.client
                     .post(&url)
                     .bearer_auth(token.as_str())

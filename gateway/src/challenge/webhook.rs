@@ -203,7 +203,16 @@ impl WebhookChallenge {
         })
     }
 
+    /// One validation call, timed as `scep_challenge_call_duration_seconds{kind="webhook"}`
+    /// (ok: a 2xx answer we could read).
     async fn ask(&self, body: &[u8]) -> std::result::Result<Answer, String> {
+        let started = std::time::Instant::now();
+        let answer = self.ask_once(body).await;
+        crate::metrics::challenge_call("webhook", started.elapsed(), answer.is_ok());
+        answer
+    }
+
+    async fn ask_once(&self, body: &[u8]) -> std::result::Result<Answer, String> {
         let request = self.auth.apply(self.client.post(self.url.clone()), body);
         let response = request
             .body(body.to_vec())
@@ -229,7 +238,11 @@ impl WebhookChallenge {
         let request = self.auth.apply(self.client.post(url), &body).body(body);
         let transaction_id = notification.transaction_id.to_owned();
         tokio::spawn(async move {
-            match request.send().await {
+            let started = std::time::Instant::now();
+            let sent = request.send().await;
+            let ok = matches!(&sent, Ok(r) if r.status().is_success());
+            crate::metrics::challenge_call("webhook_notify", started.elapsed(), ok);
+            match sent {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {
                     tracing::warn!(%transaction_id, status = r.status().as_u16(), "notify webhook refused the notification")

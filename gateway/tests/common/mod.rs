@@ -42,7 +42,7 @@ pub enum Backend {
 
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const SOFTHSM_TOKEN: &str = "scep-e2e";
-pub const SOFTHSM_PIN: &str = "2468";
+pub const SOFTHSM_PIN: &str = "pin-Zq7-never-logged";
 pub const SOFTHSM_PIN_ENV: &str = "SCEP_E2E_HSM_PIN";
 
 /// Runs one test body once per backend: `backends!(name);` makes the tests
@@ -517,4 +517,23 @@ pub fn write_pem(path: &Path, label: &str, der: &[u8]) {
     }
     pem.push_str(&format!("-----END {label}-----\n"));
     std::fs::write(path, pem).unwrap();
+}
+
+/// Scrapes `/metrics` of `addr` and returns the value of the first sample of `name`
+/// whose labels include every `labels` pair.
+pub fn metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let response = get(addr, "/metrics");
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse().unwrap())
 }
