@@ -323,6 +323,13 @@ fn all_down(profile: &Profile, outages: &[String]) -> Error {
 }
 
 impl Ca for Router {
+    /// What the log says when no CA of a profile answered (a refusal before issuance, an
+    /// outage of every CA): the router itself. The CA that answered is named by
+    /// `IssueOutcome`.
+    fn name(&self) -> &str {
+        "router"
+    }
+
     fn issue<'a>(&'a self, request: IssueRequest<'a>) -> BoxFuture<'a, Result<Issued>> {
         Box::pin(async move {
             match self.submit(request, Route::default()).await? {
