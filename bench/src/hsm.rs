@@ -65,7 +65,9 @@ impl SoftHsm {
             .env("SOFTHSM2_CONF", &conf)
             .output()
             .map_err(|e| {
-                format!("softhsm2-util: {e} (the HSM benches need SoftHSM2: apt-get install softhsm2)")
+                format!(
+                    "softhsm2-util: {e} (the HSM benches need SoftHSM2: apt-get install softhsm2)"
+                )
             })?;
         if !out.status.success() {
             return Err(format!(
@@ -99,7 +101,13 @@ impl SoftHsm {
     /// Opens a key of the token as the gateway does (`Pkcs11Key::open`), with a pool of
     /// `sessions` sessions (`None`: the gateway's default, two per core). The pool is
     /// the token's: the first key opened decides its size.
-    pub fn open(&self, label: &str, id: u8, purpose: Purpose, sessions: Option<usize>) -> Result<Arc<dyn Key>> {
+    pub fn open(
+        &self,
+        label: &str,
+        id: u8,
+        purpose: Purpose,
+        sessions: Option<usize>,
+    ) -> Result<Arc<dyn Key>> {
         let mut config = Pkcs11KeyConfig::new(SOFTHSM_MODULE.into(), TOKEN_LABEL, label, PIN_ENV);
         config.key_id = Some(format!("{id:02x}"));
         config.sessions = sessions;

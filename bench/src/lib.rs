@@ -182,7 +182,11 @@ pub fn hsm_pki(sessions: Option<usize>) -> Result<Pki> {
             decrypter: ra,
             previous: Vec::new(),
         },
-        ca: Arc::new(EmbeddedCa::new(ca, Vec::new(), EmbeddedCaConfig::default())?),
+        ca: Arc::new(EmbeddedCa::new(
+            ca,
+            Vec::new(),
+            EmbeddedCaConfig::default(),
+        )?),
         ra_key,
         ca_key,
         ra_software: None,
