@@ -7,7 +7,11 @@
 //! cargo test  -p scep-bench --benches          # each bench once, as a smoke test
 //! ```
 //! Setup (a development PKI per key variant, two device keys, pools of messages) takes
-//! a few seconds and is shared by every group. The overhead ratio itself is printed by
+//! a few seconds and is shared by every group. The `hsm-rsa2048` variant puts the CA
+//! and RA keys in a SoftHSM2 token made in a temp dir (`scep_bench::hsm`): the
+//! enrollment groups and the bare `rsa2048/{sign,decrypt}/Pkcs11Key` run through the
+//! gateway's `Pkcs11Key` and its session pool. SoftHSM2 missing: the setup panics and
+//! says so (`apt-get install softhsm2`). The overhead ratio itself is printed by
 //! the `ratio` binary, which interleaves both sides (see `src/bin/ratio.rs`).
 
 use std::hint::black_box;
@@ -52,8 +56,12 @@ impl Setup {
 
 fn setup() -> Setup {
     let build = || -> scep_bench::Result<Setup> {
+        // The HSM PKI first: it sets SOFTHSM2_CONF before anything loads the module.
+        let hsm = scep_bench::hsm_pki(None).map_err(|e| format!("the HSM variant: {e}"))?;
+        let mut pkis = scep_bench::pkis(&Variant::ALL)?;
+        pkis.push(hsm);
         Ok(Setup {
-            pkis: scep_bench::pkis(&Variant::ALL)?,
+            pkis,
             requesters: scep_bench::requesters(2)?,
             rt: scep_bench::runtime()?,
         })
@@ -196,7 +204,7 @@ fn certrep(c: &mut Criterion, s: &Setup) {
 /// lines to compare in the report.
 fn enrollment(c: &mut Criterion, s: &Setup) {
     let mut group = c.benchmark_group("enrollment");
-    for variant in Variant::ALL {
+    for variant in Variant::ALL.into_iter().chain([Variant::Hsm]) {
         let pki = s.pki(variant);
         let pool = s.messages(pki, ContentCipher::Aes256Cbc, "e2e");
         // A broken enrollment must not be timed as a fast one.
@@ -247,11 +255,22 @@ fn enrollment(c: &mut Criterion, s: &Setup) {
 }
 
 /// The bare private operations through `SoftwareKey` (static dispatch) and through
-/// `Arc<dyn Key>` (what the gateway holds): the baseline of everything above.
+/// `Arc<dyn Key>` (what the gateway holds): the baseline of everything above. For
+/// RSA-2048 also through `Pkcs11Key` (the SoftHSM2 RA key, one call through the session
+/// pool: take a logged-in session, C_SignInit/C_Sign or C_DecryptInit/C_Decrypt, give it
+/// back).
 fn bare_ops(c: &mut Criterion, s: &Setup) {
-    let rsa2048 = s.pki(Variant::Rsa2048).ra_key.clone();
-    let rsa3072 = s.pki(Variant::Ra3072).ra_key.clone();
+    let software = |v| {
+        s.pki(v)
+            .ra_software
+            .clone()
+            .unwrap_or_else(|| unreachable!("software variant"))
+    };
+    let rsa2048 = software(Variant::Rsa2048);
+    let rsa3072 = software(Variant::Ra3072);
+    let hsm = s.pki(Variant::Hsm).ra_key.clone();
     for (name, key) in [("rsa2048", rsa2048), ("rsa3072", rsa3072)] {
+        let in_token = (name == "rsa2048").then(|| hsm.clone());
         let dynamic: Arc<dyn Key> = key.clone();
         // A CertRep's signed attributes are about this long.
         let message = vec![0xa5u8; 250];
@@ -262,6 +281,11 @@ fn bare_ops(c: &mut Criterion, s: &Setup) {
         group.bench_function("dyn Key", |b| {
             b.iter(|| sign(&*dynamic, SignatureAlgorithm::RsaPkcs1Sha256, &message))
         });
+        if let Some(token) = &in_token {
+            group.bench_function("Pkcs11Key", |b| {
+                b.iter(|| sign(&**token, SignatureAlgorithm::RsaPkcs1Sha256, &message))
+            });
+        }
         group.finish();
 
         let ciphertexts: Vec<Vec<u8>> = (0..POOL)
@@ -276,11 +300,25 @@ fn bare_ops(c: &mut Criterion, s: &Setup) {
         group.bench_function("dyn Key", |b| {
             b.iter(|| decrypt(&*dynamic, &ciphertexts[next()]))
         });
+        if let Some(token) = &in_token {
+            // Its own ciphertexts: wrapped to the token's RA key.
+            let ciphertexts: Vec<Vec<u8>> = (0..POOL)
+                .map(|_| scep_bench::wrapped_key(token.public_key_info()).expect("wrap a key"))
+                .collect();
+            let mut next = cycle(POOL);
+            group.bench_function("Pkcs11Key", |b| {
+                b.iter(|| decrypt(&**token, &ciphertexts[next()]))
+            });
+        }
         group.finish();
     }
 
     // The EC CA's signature, for the ca-p256 variant's baseline.
-    let p256 = s.pki(Variant::CaP256).ca_key.clone();
+    let p256 = s
+        .pki(Variant::CaP256)
+        .ca_software
+        .clone()
+        .unwrap_or_else(|| unreachable!("software variant"));
     let tbs = vec![0x5au8; 700];
     c.bench_function("p256/sign/SoftwareKey", |b| {
         b.iter(|| sign(&*p256, SignatureAlgorithm::EcdsaSha256, &tbs))

@@ -6,6 +6,7 @@
 //! the server runs.
 #![forbid(unsafe_code)]
 
+pub mod hsm;
 pub mod load;
 
 use std::path::Path;
@@ -49,6 +50,10 @@ pub enum Variant {
     Ra3072,
     /// EC P-256 CA, RSA-2048 RA.
     CaP256,
+    /// RSA-2048 CA and RA keys in a SoftHSM2 token (see `hsm.rs`), used through the
+    /// gateway's `Pkcs11Key` and its session pool. Not in [`Variant::ALL`]: it needs
+    /// SoftHSM2, and the `ratio` binary and `scep-load` stay software-only.
+    Hsm,
 }
 
 impl Variant {
@@ -60,11 +65,15 @@ impl Variant {
             Variant::Rsa2048 => "rsa2048",
             Variant::Ra3072 => "ra-rsa3072",
             Variant::CaP256 => "ca-p256",
+            Variant::Hsm => "hsm-rsa2048",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        Variant::ALL.into_iter().find(|v| v.name() == name)
+        Variant::ALL
+            .into_iter()
+            .chain([Variant::Hsm])
+            .find(|v| v.name() == name)
     }
 }
 
@@ -74,12 +83,15 @@ pub struct Pki {
     pub variant: Variant,
     pub ra: RaKeys,
     pub ca: Arc<EmbeddedCa>,
+    /// The RA and CA keys as the gateway holds them.
+    pub ra_key: Arc<dyn Key>,
+    pub ca_key: Arc<dyn Key>,
     /// The same keys as concrete `SoftwareKey`s, for the bare-operation baselines
-    /// (static dispatch beside the `dyn Key` the gateway uses).
-    pub ra_key: Arc<SoftwareKey>,
-    pub ca_key: Arc<SoftwareKey>,
-    /// Keeps `init`'s key files until the benches are done.
-    _dir: Arc<tempfile::TempDir>,
+    /// (static dispatch beside the `dyn Key` the gateway uses); `None` for [`Variant::Hsm`].
+    pub ra_software: Option<Arc<SoftwareKey>>,
+    pub ca_software: Option<Arc<SoftwareKey>>,
+    /// Keeps `init`'s key files (or the SoftHSM2 token) until the benches are done.
+    _dir: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// Builds the PKI of each of `variants`, from one `scep-gateway init` PKI (key
@@ -89,15 +101,24 @@ pub struct Pki {
 /// `service.rs` does; the others swap one key and issue the certificates with the same
 /// builders `init.rs` uses.
 pub fn pkis(variants: &[Variant]) -> Result<Vec<Pki>> {
-    let dir = Arc::new(tempfile::tempdir()?);
-    let dev = scep_gateway::init::create_dev_pki(dir.path())?;
+    let dir: Arc<dyn std::any::Any + Send + Sync> = Arc::new(tempfile::tempdir()?);
+    let dir_path = dir
+        .downcast_ref::<tempfile::TempDir>()
+        .unwrap_or_else(|| unreachable!("a TempDir"))
+        .path()
+        .to_owned();
+    let dev = scep_gateway::init::create_dev_pki(&dir_path)?;
     let (ca_dev_key, ca_dev_cert) = load_credential(&dev.ca_certificate, &dev.ca_key)?;
     let (ra_dev_key, ra_dev_cert) = load_credential(&dev.ra_certificate, &dev.ra_key)?;
     let ca_dev = credential(ca_dev_key.clone(), ca_dev_cert);
     variants
         .iter()
         .map(|&variant| {
+            if variant == Variant::Hsm {
+                return hsm_pki(None);
+            }
             let (ca_key, ca, ra_key, ra_cert) = match variant {
+                Variant::Hsm => unreachable!("handled above"),
                 Variant::Rsa2048 => (
                     ca_dev_key.clone(),
                     ca_dev.clone(),
@@ -128,12 +149,50 @@ pub fn pkis(variants: &[Variant]) -> Result<Vec<Pki>> {
                     previous: Vec::new(),
                 },
                 ca: Arc::new(ca),
-                ra_key,
-                ca_key,
+                ra_key: ra_key.clone(),
+                ca_key: ca_key.clone(),
+                ra_software: Some(ra_key),
+                ca_software: Some(ca_key),
                 _dir: dir.clone(),
             })
         })
         .collect()
+}
+
+/// The [`Variant::Hsm`] PKI: a fresh SoftHSM2 token (see `hsm.rs`), RSA-2048 CA and RA
+/// keys generated in it, the development certificates `init --pkcs11-...` makes for them
+/// (`scep_gateway::init::dev_certificates`, signed by the CA key in the token), a session
+/// pool of `sessions` (`None`: the gateway's default, two per core).
+pub fn hsm_pki(sessions: Option<usize>) -> Result<Pki> {
+    let token = hsm::SoftHsm::create()?;
+    let (ca_key, ra_key) = token.ca_and_ra(sessions)?;
+    let (ca_cert, ra_cert) = scep_gateway::init::dev_certificates(ca_key.clone(), ra_key.clone())?;
+    let ca = Credential {
+        key: ca_key.clone(),
+        certificate: Arc::from(ca_cert),
+    };
+    let ra = Credential {
+        key: ra_key.clone(),
+        certificate: Arc::from(ra_cert),
+    };
+    Ok(Pki {
+        variant: Variant::Hsm,
+        ra: RaKeys {
+            signer: ra.clone(),
+            decrypter: ra,
+            previous: Vec::new(),
+        },
+        ca: Arc::new(EmbeddedCa::new(
+            ca,
+            Vec::new(),
+            EmbeddedCaConfig::default(),
+        )?),
+        ra_key,
+        ca_key,
+        ra_software: None,
+        ca_software: None,
+        _dir: Arc::new(token),
+    })
 }
 
 fn credential(key: Arc<SoftwareKey>, certificate: Arc<[u8]>) -> Credential {
@@ -365,7 +424,7 @@ impl PrivateOps {
                 .map(|_| wrapped_key(ra.public_key_info()))
                 .collect::<Result<_>>()?,
             ra,
-            ca: pki.ca_key.clone() as Arc<dyn Key>,
+            ca: pki.ca_key.clone(),
             ca_alg: signature_algorithm(pki.ca_key.algorithm()),
             tbs: vec![0x5a; 700],
             attrs: vec![0xa5; 250],
