@@ -980,3 +980,36 @@ fn a_queueing_profile_answers_pending_while_down_and_issues_on_certpoll_after() 
     assert!(verify_against(&certificate, &a.ca_pem()).contains("upstream-queue"));
     gw.assert_healthy();
 }
+
+#[test]
+fn round_robin_spreads_enrollments_over_the_profiles_cas() {
+    let (url_a, _) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));
+    let (url_b, _) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));
+    let mut gw = gateway(vec![
+        scep_ca("rr-a", &url_a, 5000),
+        scep_ca("rr-b", &url_b, 5000),
+        vec![
+            "[[profiles]]".into(),
+            "name = \"default\"".into(),
+            "cas = [\"rr-a\", \"rr-b\"]".into(),
+            "strategy = \"round-robin\"".into(),
+        ],
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    for i in 0..4 {
+        enroll(&gw, &format!("rr-device-{i}"), None).certificate();
+    }
+    // Both CAs answered, two enrollments each: the starting CA alternates.
+    let text = scrape(&gw);
+    for ca in ["rr-a", "rr-b"] {
+        assert_eq!(
+            must(
+                &text,
+                "scep_ca_requests_total",
+                &[("ca", ca), ("outcome", "success")]
+            ),
+            2.0
+        );
+    }
+    gw.assert_healthy();
+}
