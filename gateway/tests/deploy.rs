@@ -474,3 +474,48 @@ fn alert_rules_and_dashboard_use_defined_and_documented_metrics() {
         yaml_docs(&std::fs::read(deploy().join("monitoring/servicemonitor.yaml")).unwrap());
     assert_eq!(monitoring[0]["spec"]["endpoints"][0]["port"], "metrics");
 }
+
+/// Every manifest validates against the Kubernetes API schemas, offline (PyPI
+/// `kubernetes-validate`, installed by scripts/test-all): the rendered overlays when
+/// kubectl can render them, else each file of the base.
+#[test]
+fn the_manifests_validate_against_the_kubernetes_schemas() {
+    let validate = require_tool("kubernetes-validate");
+    let dir = tempfile::tempdir().unwrap();
+    let mut targets = Vec::new();
+    let kubectl = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    match kubectl {
+        Some(kubectl) => {
+            for overlay in ["dev", "production"] {
+                let out = Command::new(&kubectl)
+                    .arg("kustomize")
+                    .arg(deploy().join("kubernetes/overlays").join(overlay))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let file = dir.path().join(format!("{overlay}.yaml"));
+                std::fs::write(&file, out.stdout).unwrap();
+                targets.push(file);
+            }
+        }
+        None => {
+            let mut files = Vec::new();
+            yaml_files(&deploy().join("kubernetes/base"), &mut files);
+            targets.extend(files.into_iter().filter(|f| !f.ends_with("kustomization.yaml")));
+        }
+    }
+    for target in targets {
+        let out = Command::new(&validate).arg("--strict").arg(&target).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} does not validate:\n{}{}",
+            target.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
