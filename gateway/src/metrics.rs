@@ -219,20 +219,25 @@ pub fn legacy_crypto(algorithm: &'static str) {
 /// The [`scep_hsm::observe::Observer`] for the key of `setting` (`ra.key`, `ca.key`, …):
 /// latency of every sign/decrypt/health, and errors.
 pub fn key_observer(setting: &'static str) -> scep_hsm::observe::Observer {
-    Arc::new(move |op: &str, label: &str, elapsed: Duration, ok: bool| {
-        let op = match op {
-            "sign" => "sign",
-            "decrypt" => "decrypt",
-            "health" => "health",
-            _ => "other",
-        };
-        let label = label.to_owned();
-        histogram!(HSM_DURATION, "key" => setting, "label" => label.clone(), "op" => op)
+    Arc::new(
+        move |operation: &str, label: &str, elapsed: Duration, ok: bool| {
+            // "sign/sha256-rsa-pkcs" → op "sign", mechanism "sha256-rsa-pkcs" (a fixed set,
+            // chosen by the hsm crate, never by a client).
+            let (op, mechanism) = operation.split_once('/').unwrap_or((operation, ""));
+            let op = match op {
+                "sign" => "sign",
+                "decrypt" => "decrypt",
+                "health" => "health",
+                _ => "other",
+            };
+            let (label, mechanism) = (label.to_owned(), mechanism.to_owned());
+            histogram!(HSM_DURATION, "key" => setting, "label" => label.clone(), "op" => op, "mechanism" => mechanism.clone())
             .record(elapsed.as_secs_f64());
-        if !ok {
-            counter!(HSM_ERRORS, "key" => setting, "label" => label, "op" => op).increment(1);
-        }
-    })
+            if !ok {
+                counter!(HSM_ERRORS, "key" => setting, "label" => label, "op" => op, "mechanism" => mechanism).increment(1);
+            }
+        },
+    )
 }
 
 /// Session counts of one PKCS#11 key's token, read at each scrape.

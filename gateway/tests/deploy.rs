@@ -496,7 +496,11 @@ fn the_manifests_validate_against_the_kubernetes_schemas() {
                     .arg(deploy().join("kubernetes/overlays").join(overlay))
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let file = dir.path().join(format!("{overlay}.yaml"));
                 std::fs::write(&file, out.stdout).unwrap();
                 targets.push(file);
@@ -505,11 +509,19 @@ fn the_manifests_validate_against_the_kubernetes_schemas() {
         None => {
             let mut files = Vec::new();
             yaml_files(&deploy().join("kubernetes/base"), &mut files);
-            targets.extend(files.into_iter().filter(|f| !f.ends_with("kustomization.yaml")));
+            targets.extend(
+                files
+                    .into_iter()
+                    .filter(|f| !f.ends_with("kustomization.yaml")),
+            );
         }
     }
     for target in targets {
-        let out = Command::new(&validate).arg("--strict").arg(&target).output().unwrap();
+        let out = Command::new(&validate)
+            .arg("--strict")
+            .arg(&target)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{} does not validate:\n{}{}",

@@ -58,6 +58,20 @@ pub enum SignatureAlgorithm {
     EcdsaSha384,
 }
 
+impl SignatureAlgorithm {
+    /// The operation as observers name it, `sign/<mechanism>` (a static string: no
+    /// allocation per operation).
+    pub fn operation(self) -> &'static str {
+        match self {
+            SignatureAlgorithm::RsaPkcs1Sha256 => "sign/sha256-rsa-pkcs",
+            SignatureAlgorithm::RsaPkcs1Sha384 => "sign/sha384-rsa-pkcs",
+            SignatureAlgorithm::RsaPkcs1Sha512 => "sign/sha512-rsa-pkcs",
+            SignatureAlgorithm::EcdsaSha256 => "sign/ecdsa-sha256",
+            SignatureAlgorithm::EcdsaSha384 => "sign/ecdsa-sha384",
+        }
+    }
+}
+
 /// The padding of an RSA key-transport ciphertext (RFC 5652 §6.2.1 keyEncryptionAlgorithm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DecryptPadding {
@@ -67,6 +81,17 @@ pub enum DecryptPadding {
     OaepSha1,
     /// RSAES-OAEP with SHA-256 and MGF1-SHA-256.
     OaepSha256,
+}
+
+impl DecryptPadding {
+    /// The operation as observers name it, `decrypt/<mechanism>`.
+    pub fn operation(self) -> &'static str {
+        match self {
+            DecryptPadding::Pkcs1v15 => "decrypt/rsa-pkcs",
+            DecryptPadding::OaepSha1 => "decrypt/rsa-pkcs-oaep-sha1",
+            DecryptPadding::OaepSha256 => "decrypt/rsa-pkcs-oaep-sha256",
+        }
+    }
 }
 
 /// Why a private-key operation did not happen.

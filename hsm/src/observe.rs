@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Called once per operation with the operation name (`"sign"`, `"decrypt"`, `"health"`),
+/// Called once per operation with the operation name (`"sign/<mechanism>"`,
+/// `"decrypt/<mechanism>"`, `"health"`; see `SignatureAlgorithm::operation`),
 /// the key's label, the time it took (retries included) and whether it succeeded.
 ///
 /// Runs on the thread that did the operation: keep it cheap and non-blocking.

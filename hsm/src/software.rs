@@ -201,7 +201,7 @@ impl Key for SoftwareKey {
     fn sign(&self, alg: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let started = Instant::now();
         let result = self.sign_now(alg, message);
-        self.observe("sign", started, &result);
+        self.observe(alg.operation(), started, &result);
         result
     }
 
@@ -212,7 +212,7 @@ impl Key for SoftwareKey {
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let started = Instant::now();
         let result = self.decrypt_now(padding, ciphertext);
-        self.observe("decrypt", started, &result);
+        self.observe(padding.operation(), started, &result);
         result
     }
 }

@@ -341,7 +341,7 @@ impl Key for Pkcs11Key {
                 Ok(raw)
             }
         })();
-        self.observe("sign", started, &result);
+        self.observe(alg.operation(), started, &result);
         result
     }
 
@@ -377,7 +377,7 @@ impl Key for Pkcs11Key {
                 CallError::Failed(_) => KeyError::Operation,
             })
         })();
-        self.observe("decrypt", started, &result);
+        self.observe(padding.operation(), started, &result);
         result
     }
 
