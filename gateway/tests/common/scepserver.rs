@@ -92,6 +92,21 @@ impl ScepServer {
         format!("http://127.0.0.1:{}/scep", self.port)
     }
 
+    /// The certificates the CA issued (DER), read from its depot: every `*.pem` beside
+    /// `ca.pem` (scepserver writes `<cn>.<serial>.pem` before it replies).
+    pub fn issued_certificates(&self) -> Vec<Vec<u8>> {
+        let depot = self.dir.path().join("depot");
+        let mut certs = Vec::new();
+        for entry in std::fs::read_dir(&depot).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".pem") && name != "ca.pem" {
+                certs.push(super::read_der(&path));
+            }
+        }
+        certs
+    }
+
     pub fn ca_pem(&self) -> PathBuf {
         self.dir.path().join("depot").join("ca.pem")
     }
