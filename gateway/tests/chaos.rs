@@ -2,7 +2,8 @@
 //!
 //! Three `scep-gateway` replicas started from one PKI (RA and CA keys in one SoftHSM2
 //! token that the three processes share; they only read it), one real `redis-server`,
-//! and two micromdm `scepserver` upstream CAs behind one failover profile. A load loop
+//! and two micromdm `scepserver` upstream CAs behind one failover profile (each behind a
+//! front that passes one request at a time: scepserver is not safe under concurrency). A load loop
 //! starts `SCEP_CHAOS_RATE` enrollments a second for `SCEP_CHAOS_SECS` seconds, each a
 //! fresh device (its own RSA key) that sends ONE PKCSReq message and, after an HTTP
 //! error, a refused/reset connection or PENDING, resends the same bytes to the next
@@ -289,7 +290,13 @@ struct Fleet {
 impl Fleet {
     fn start() -> Fleet {
         let redis = RedisServer::start();
-        let cas = vec![ScepServer::start("chaos-a"), ScepServer::start("chaos-b")];
+        // Behind a front that passes one request at a time: scepserver gives concurrent
+        // requests the same serial, and three replicas each with max_in_flight = 1
+        // would send it three at once.
+        let cas = vec![
+            ScepServer::start_serialized("chaos-a"),
+            ScepServer::start_serialized("chaos-b"),
+        ];
         let mut append = vec![
             // The end of [store].
             format!("url = \"{}\"", redis.url()),
@@ -487,6 +494,17 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
         let fields = CertificateFields::parse(cert).unwrap();
         if let Some(id) = ours.get(fields.spki) {
             *per_key.entry(id).or_default() += 1;
+        }
+    }
+    // And no (issuer, serial) twice in the depots.
+    let mut depot_serials = HashSet::new();
+    for cert in &depot {
+        let fields = CertificateFields::parse(cert).unwrap();
+        if !depot_serials.insert((fields.issuer.to_vec(), fields.serial.to_vec())) {
+            problems.push(format!(
+                "serial {} issued twice by one CA (depot)",
+                hex::encode(fields.serial)
+            ));
         }
     }
     let ca_duplicates = per_key.values().filter(|n| **n > 1).count();
