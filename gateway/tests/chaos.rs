@@ -114,7 +114,11 @@ struct Transaction {
     retries: usize,
     /// Exchanges that got no answer within REQUEST_TIMEOUT.
     hangs: usize,
+    /// The answers that were not final, by kind ("HTTP 503", "PENDING", ...).
+    setbacks: BTreeMap<String, usize>,
     took: Duration,
+    /// When it ended, from the start of the load.
+    finished: Duration,
 }
 
 /// One exchange: a CertRep, an HTTP error status, or a transport error.
@@ -159,6 +163,14 @@ impl Device {
         (spec, message)
     }
 
+    /// A CertPoll (RFC 8894 §3.3.3). The issuer is not known before the certificate:
+    /// the RA's is as good as any, the gateway finds the transaction by its ID and key.
+    fn certpoll(&self) -> (MessageSpec, Vec<u8>) {
+        let issuer = CertificateFields::parse(&self.ra).unwrap().issuer.to_vec();
+        let content = der_sequence(&[&issuer, &self.subject]);
+        self.message(MessageType::CertPoll, &content)
+    }
+
     fn exchange(&self, addr: SocketAddr, spec: &MessageSpec, message: &[u8]) -> Answer {
         match try_post(
             addr,
@@ -195,7 +207,9 @@ impl Device {
             issued: Vec::new(),
             retries: 0,
             hangs: 0,
+            setbacks: BTreeMap::new(),
             took: Duration::ZERO,
+            finished: Duration::ZERO,
         };
         let addr = |attempt: usize| {
             let replicas = replicas.read().unwrap();
@@ -216,11 +230,13 @@ impl Device {
                         reply.fail_info.expect("FAILURE without failInfo")
                     ))),
                     PkiStatus::Pending => {
+                        *t.setbacks.entry("PENDING".into()).or_default() += 1;
                         t.end = End::Pending;
                         None
                     }
                 },
                 Answer::Http(status) => {
+                    *t.setbacks.entry(format!("HTTP {status}")).or_default() += 1;
                     t.end = End::Unfinished(format!("HTTP {status}"));
                     None
                 }
@@ -231,6 +247,8 @@ impl Device {
                     {
                         t.hangs += 1;
                     }
+                    let kind = e.split(':').next().unwrap_or("").to_owned();
+                    *t.setbacks.entry(format!("{kind} error")).or_default() += 1;
                     t.end = End::Unfinished(e);
                     None
                 }
@@ -251,14 +269,11 @@ impl Device {
                 return t;
             }
         }
-        // Then CertPoll (RFC 8894 §3.3.3; the issuer is not known yet: the RA's is as
-        // good as any, the gateway finds the transaction by its ID and key).
-        let issuer = CertificateFields::parse(&self.ra).unwrap().issuer.to_vec();
-        let content = der_sequence(&[&issuer, &self.subject]);
+        // Then CertPoll.
         for poll in 0..POLLS {
             t.retries += 1;
             std::thread::sleep(RETRY_PAUSE);
-            let (spec, message) = self.message(MessageType::CertPoll, &content);
+            let (spec, message) = self.certpoll();
             let answer = self.exchange(addr(retries + 1 + poll), &spec, &message);
             match settle(&mut t, answer) {
                 Some(end) => {
@@ -380,8 +395,9 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
                 let due = load_start + Duration::from_secs_f64(i as f64 / rate);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 let device = Device::new(&format!("chaos-device-{i}"), ra.clone());
-                let transaction = device.enroll(&addrs, i, retries);
-                results.lock().unwrap().push(transaction);
+                let mut transaction = device.enroll(&addrs, i, retries);
+                transaction.finished = load_start.elapsed();
+                results.lock().unwrap().push((device, transaction));
             })
         })
         .collect();
@@ -402,9 +418,11 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
     fleet.cas[0].restart();
     events.push(format!("{t} SIGKILL CA a, restarted after 3 s"));
     let t = at(0.55);
+    let redis_down = load_start.elapsed();
     fleet.redis.stop();
     std::thread::sleep(Duration::from_secs(1));
     fleet.redis.restart();
+    let redis_up = load_start.elapsed();
     events.push(format!("{t} Redis killed, restarted (empty) after 1 s"));
     let t = at(0.75);
     let tokens = fleet.pki.softhsm_tokens();
@@ -418,11 +436,52 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
         handle.join().expect("a load worker panicked");
     }
     let load_took = load_start.elapsed();
-    let transactions = std::mem::take(&mut *results.lock().unwrap());
-    assert_eq!(transactions.len(), total, "a transaction was lost");
+    let mut done = std::mem::take(&mut *results.lock().unwrap());
+    assert_eq!(done.len(), total, "a transaction was lost");
+
+    // Every device that got a certificate asks again (CertPoll, another replica): the
+    // same certificate, or none for a transaction that ended before Redis restarted
+    // empty or while it was down (FAILURE badCertID: a certificate issued while the
+    // store was down is delivered but not recorded; the gateway logs it). The margin
+    // covers a request that was already past its store write when Redis came back.
+    let (mut repolled, mut forgotten) = (0, 0);
+    let mut problems = Vec::new();
+    for (i, (device, t)) in done.iter_mut().enumerate() {
+        if t.end != End::Success {
+            continue;
+        }
+        let addr = fleet.replicas[i % 3].addr;
+        let (spec, message) = device.certpoll();
+        match device.exchange(addr, &spec, &message) {
+            Answer::Reply(reply) if reply.status == PkiStatus::Success => {
+                let fields = CertificateFields::parse(&reply.certificates[0]).unwrap();
+                t.issued
+                    .push((fields.issuer.to_vec(), fields.serial.to_vec()));
+                repolled += 1;
+            }
+            Answer::Reply(reply)
+                if reply.status == PkiStatus::Failure
+                    && t.finished < redis_up + Duration::from_secs(2) =>
+            {
+                forgotten += 1;
+            }
+            Answer::Reply(reply) => problems.push(format!(
+                "{}: ended at {:?} (Redis down {redis_down:?}..{redis_up:?}), the CertPoll after the run got {:?} {:?}",
+                t.transaction_id, t.finished, reply.status, reply.fail_info
+            )),
+            Answer::Http(status) => problems.push(format!(
+                "{}: the CertPoll after the run got HTTP {status}",
+                t.transaction_id
+            )),
+            Answer::Transport(e) => problems.push(format!(
+                "{}: the CertPoll after the run got {e}",
+                t.transaction_id
+            )),
+        }
+    }
+    let transactions: Vec<Transaction> = done.into_iter().map(|(_, t)| t).collect();
 
     // ---- The proofs ----------------------------------------------------------------
-    let mut problems = Vec::new();
 
     // Replies: one serial per transaction, no (issuer, serial) twice overall.
     let mut owner: HashMap<(Vec<u8>, Vec<u8>), &str> = HashMap::new();
@@ -470,6 +529,10 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
             problems.push(format!("a replica panicked:\n{log}"));
         }
     }
+    let not_recorded: usize = logs
+        .iter()
+        .map(|log| log.matches("issued certificate not recorded").count())
+        .sum();
     let log_duplicates = issued_lines.values().filter(|n| **n > 1).count();
     for (id, n) in &issued_lines {
         if *n > 1 {
@@ -485,20 +548,25 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
         .map(|t| (&t.spki[..], &t.transaction_id[..]))
         .collect();
     let mut per_key: HashMap<&str, usize> = HashMap::new();
-    let depot: Vec<Vec<u8>> = fleet
-        .cas
-        .iter()
-        .flat_map(|ca| ca.issued_certificates())
+    let mut where_issued: HashMap<&str, Vec<String>> = HashMap::new();
+    let depot: Vec<(&str, Vec<u8>)> = ["a", "b"]
+        .into_iter()
+        .zip(&fleet.cas)
+        .flat_map(|(name, ca)| ca.issued_certificates().into_iter().map(move |c| (name, c)))
         .collect();
-    for cert in &depot {
+    for (name, cert) in &depot {
         let fields = CertificateFields::parse(cert).unwrap();
         if let Some(id) = ours.get(fields.spki) {
             *per_key.entry(id).or_default() += 1;
+            where_issued
+                .entry(id)
+                .or_default()
+                .push(format!("CA {name} serial {}", hex::encode(fields.serial)));
         }
     }
     // And no (issuer, serial) twice in the depots.
     let mut depot_serials = HashSet::new();
-    for cert in &depot {
+    for (_, cert) in &depot {
         let fields = CertificateFields::parse(cert).unwrap();
         if !depot_serials.insert((fields.issuer.to_vec(), fields.serial.to_vec())) {
             problems.push(format!(
@@ -510,7 +578,10 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
     let ca_duplicates = per_key.values().filter(|n| **n > 1).count();
     for (id, n) in &per_key {
         if *n > 1 {
-            problems.push(format!("{id}: {n} certificates in the CA depots"));
+            problems.push(format!(
+                "{id}: {n} certificates in the CA depots ({:?})",
+                where_issued[id]
+            ));
         }
     }
     // A certificate the CA issued that no device received (issued, then the reply was
@@ -599,7 +670,28 @@ fn a_fleet_under_load_survives_replica_ca_redis_and_hsm_faults() {
         "slowest transaction (ms)",
         slowest.as_millis()
     );
+    let mut setbacks: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &transactions {
+        for (kind, n) in &t.setbacks {
+            *setbacks.entry(kind).or_default() += n;
+        }
+    }
+    for (kind, n) in &setbacks {
+        eprintln!("  {:<34} {:>8}", format!("  answered {kind}"), n);
+    }
     eprintln!("  {:<34} {:>8}", "hung requests", hangs);
+    eprintln!(
+        "  {:<34} {:>8}",
+        "CertPoll after: same certificate", repolled
+    );
+    eprintln!(
+        "  {:<34} {:>8}",
+        "CertPoll after: forgotten (Redis)", forgotten
+    );
+    eprintln!(
+        "  {:<34} {:>8}",
+        "issued while the store was down", not_recorded
+    );
     eprintln!("  {:<34} {:>8}", "duplicates in replies", reply_duplicates);
     eprintln!(
         "  {:<34} {:>8}",
