@@ -25,6 +25,9 @@
 //! - Anything else (timeout, connection refused, HTTP status other than 200, a body that
 //!   is not a CertRep, a bad signature, an undecryptable envelope, a certificate not
 //!   from the learnt CA): `Error::Unavailable`, an outage, and a reason to fail over.
+//!   Except an answer that the RA key cannot open because the key is unavailable (an
+//!   HSM outage): the CA may have issued, so the answer is kept in a PENDING ticket and
+//!   read on the next poll (failing over would issue a second certificate).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
