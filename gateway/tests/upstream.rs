@@ -11,14 +11,12 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{
-    get, openssl_verify, openssl_x509, post, require_tool, write_pem, Gateway, Options, CHALLENGE,
-};
+use common::scepserver::{free_port, profile, scep_ca, ScepServer};
+use common::{get, openssl_verify, openssl_x509, post, write_pem, Gateway, Options, CHALLENGE};
 use der::flagset::FlagSet;
 use scep_gateway::ca::certificate::{self as x509, common_name, Signer};
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
@@ -34,127 +32,8 @@ use scep_hsm::{Key, SoftwareKey};
 use x509_cert::ext::pkix::KeyUsages;
 
 // ---------------------------------------------------------------------------------
-// A micromdm scepserver on a loopback port, with its own depot
-// ---------------------------------------------------------------------------------
-
-struct ScepServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl ScepServer {
-    /// Makes a CA (`O=<org>`) and starts the server on a free port.
-    fn start(org: &str) -> ScepServer {
-        let bin = require_tool("scepserver");
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(&bin)
-            .args(["ca", "-init", "-depot"])
-            .arg(dir.path().join("depot"))
-            .args(["-keySize", "2048", "-organization", org])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scepserver ca -init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let mut server = ScepServer {
-            dir,
-            port,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// (Re)starts the server on its port and waits until it answers GetCACaps.
-    fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("scepserver.log"))
-            .unwrap();
-        let child = Command::new(require_tool("scepserver"))
-            .arg("-depot")
-            .arg(self.dir.path().join("depot"))
-            .args(["-port", &self.port.to_string()])
-            .args(["-challenge", CHALLENGE, "-allowrenew", "0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
-                drop(stream);
-                let caps = get(
-                    format!("127.0.0.1:{}", self.port).parse().unwrap(),
-                    "/scep?operation=GetCACaps",
-                );
-                if caps.status == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "scepserver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/scep", self.port)
-    }
-
-    fn ca_pem(&self) -> PathBuf {
-        self.dir.path().join("depot").join("ca.pem")
-    }
-}
-
-impl Drop for ScepServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-// ---------------------------------------------------------------------------------
 // Gateway configuration
 // ---------------------------------------------------------------------------------
-
-/// A `[[cas]]` entry for a scepserver-like upstream: one request at a time, fast probes,
-/// DES replies accepted.
-fn scep_ca(name: &str, url: &str, timeout_ms: u64) -> Vec<String> {
-    vec![
-        "[[cas]]".into(),
-        format!("name = \"{name}\""),
-        "kind = \"scep\"".into(),
-        format!("url = \"{url}\""),
-        format!("timeout_ms = {timeout_ms}"),
-        "max_in_flight = 1".into(),
-        "probe_interval_secs = 1".into(),
-        "legacy_des = true".into(),
-        "failure_threshold = 2".into(),
-        "backoff_initial_ms = 1000".into(),
-        "backoff_max_ms = 4000".into(),
-    ]
-}
 
 fn embedded_ca(name: &str) -> Vec<String> {
     vec![
@@ -162,19 +41,6 @@ fn embedded_ca(name: &str) -> Vec<String> {
         format!("name = \"{name}\""),
         "kind = \"embedded\"".into(),
     ]
-}
-
-fn profile(name: &str, cas: &[&str], key_usage: Option<&str>) -> Vec<String> {
-    let cas: Vec<String> = cas.iter().map(|c| format!("\"{c}\"")).collect();
-    let mut lines = vec![
-        "[[profiles]]".into(),
-        format!("name = \"{name}\""),
-        format!("cas = [{}]", cas.join(", ")),
-    ];
-    if let Some(usage) = key_usage {
-        lines.push(format!("key_usage = \"{usage}\""));
-    }
-    lines
 }
 
 fn gateway(append: Vec<Vec<String>>) -> Gateway {

@@ -25,6 +25,9 @@
 //! - Anything else (timeout, connection refused, HTTP status other than 200, a body that
 //!   is not a CertRep, a bad signature, an undecryptable envelope, a certificate not
 //!   from the learnt CA): `Error::Unavailable`, an outage, and a reason to fail over.
+//!   Except an answer that the RA key cannot open because the key is unavailable (an
+//!   HSM outage): the CA may have issued, so the answer is kept in a PENDING ticket and
+//!   read on the next poll (failing over would issue a second certificate).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -260,22 +263,51 @@ impl UpstreamCa {
         let learnt = self.learnt().await?;
         let spec = self.spec(&learnt, MessageType::PkcsReq, random_transaction_id()?);
         let issuer = learnt.chain.first().map(|c| c.to_vec()).unwrap_or_default();
-        let poll = PollTicket {
+        let mut poll = PollTicket {
             transaction_id: spec.transaction_id.as_str().to_owned(),
             issuer_and_subject: issuer_and_subject(&issuer, csr.subject_der()),
             spki: csr.public_key_info().to_vec(),
+            unread: None,
         };
-        let reply = self.exchange(&learnt, spec, csr.as_der().to_vec()).await?;
+        let body = self
+            .send_message(&learnt, &spec, csr.as_der().to_vec())
+            .await?;
+        let Some(reply) = self.read(&learnt, &spec, &body).await? else {
+            // The CA answered (it may have issued) but the RA key cannot open the answer
+            // now (an HSM outage). Failing over or failing the request would let the
+            // device's retry issue a second certificate: keep the answer, as PENDING,
+            // and read it when the device asks again (`poll_ticket`).
+            tracing::warn!(ca = %self.settings.name, "the CA answered while the RA key is unavailable: answer kept, the device gets PENDING");
+            poll.unread = Some((body, spec.sender_nonce.0.to_vec()));
+            return Ok(IssueOutcome::Pending {
+                ticket: poll.encode(),
+                ca: self.settings.name.as_str().into(),
+            });
+        };
         let spki = poll.spki.clone();
         self.outcome(&learnt, reply, &spki, poll)
     }
 
     /// CertPoll (RFC 8894 §3.3.3) for a request the upstream answered PENDING.
     pub async fn poll_ticket(&self, ticket: &[u8]) -> Result<IssueOutcome> {
-        let poll = PollTicket::decode(ticket)?;
+        let mut poll = PollTicket::decode(ticket)?;
         let learnt = self.learnt().await?;
         let id = TransactionId::new(poll.transaction_id.clone())
             .ok_or_else(|| Error::Unavailable("a pending ticket we cannot read".into()))?;
+        // An answer kept unread (see `enroll`): read it now, without asking the CA.
+        if let Some((body, nonce)) = poll.unread.take() {
+            let mut spec = self.spec(&learnt, MessageType::PkcsReq, id);
+            spec.sender_nonce = Nonce(
+                nonce
+                    .try_into()
+                    .map_err(|_| Error::Unavailable("a pending ticket we cannot read".into()))?,
+            );
+            let reply = self.read(&learnt, &spec, &body).await?.ok_or_else(|| {
+                Error::Unavailable("the RA key is still unavailable to read the CA's answer".into())
+            })?;
+            let spki = poll.spki.clone();
+            return self.outcome(&learnt, reply, &spki, poll);
+        }
         let spec = self.spec(&learnt, MessageType::CertPoll, id);
         let reply = self
             .exchange(&learnt, spec, poll.issuer_and_subject.clone())
@@ -313,13 +345,27 @@ impl UpstreamCa {
     }
 
     /// Builds, sends and reads one pkiMessage. The RA key's work (signing; opening the
-    /// reply) runs on the blocking pool. Every failure is an outage.
+    /// reply) runs on the blocking pool. Every failure is an outage; an answer the RA
+    /// key cannot open now is `Error::Unavailable` too.
     async fn exchange(
         &self,
         learnt: &Arc<Learnt>,
         spec: MessageSpec,
         content: Vec<u8>,
     ) -> Result<Reply> {
+        let body = self.send_message(learnt, &spec, content).await?;
+        self.read(learnt, &spec, &body).await?.ok_or_else(|| {
+            Error::Unavailable("the RA key is unavailable to read the CA's answer".into())
+        })
+    }
+
+    /// Builds and sends one pkiMessage; the CA's answer, unread.
+    async fn send_message(
+        &self,
+        learnt: &Arc<Learnt>,
+        spec: &MessageSpec,
+        content: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let requester = self.requester.clone();
         let recipient = learnt.recipient.clone();
         let build_spec = spec.clone();
@@ -337,18 +383,32 @@ impl UpstreamCa {
                 .await?
         };
 
+        Ok(body)
+    }
+
+    /// Opens and checks the CA's answer. `Ok(None)`: the RA key is unavailable (an HSM
+    /// outage), so the answer cannot be read now; anything wrong with the answer itself
+    /// is an outage.
+    async fn read(
+        &self,
+        learnt: &Arc<Learnt>,
+        spec: &MessageSpec,
+        body: &[u8],
+    ) -> Result<Option<Reply>> {
         let requester = self.requester.clone();
         let trusted = learnt.clone();
         let legacy_des = self.settings.legacy_des;
+        let (body, spec) = (body.to_vec(), spec.clone());
         let reply = tokio::task::spawn_blocking(move || {
             requester.read_trusted_reply(&body, &spec, legacy_des, &trusted.certificates)
         })
         .await
         .map_err(|e| Error::Unavailable(format!("reply task failed: {e}")))?;
-        reply.map_err(|e| match e {
-            e @ Error::Unavailable(_) => e,
-            e => self.outage(format_args!("unusable CertRep: {e}")),
-        })
+        match reply {
+            Ok(reply) => Ok(Some(reply)),
+            Err(Error::Unavailable(_)) => Ok(None),
+            Err(e) => Err(self.outage(format_args!("unusable CertRep: {e}"))),
+        }
     }
 
     /// Reads the CertRep's verdict.
@@ -531,12 +591,15 @@ struct PollTicket {
     transaction_id: String,
     issuer_and_subject: Vec<u8>,
     spki: Vec<u8>,
+    /// The CA's answer to the PKCSReq and the PKCSReq's senderNonce, when the RA key
+    /// could not open it (read on the next poll instead of asking the CA again).
+    unread: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl PollTicket {
     const VERSION: u8 = 1;
 
-    /// `version ‖ (u32 length ‖ bytes) × 3`.
+    /// `version ‖ (u32 length ‖ bytes) × 3`, then the unread answer and nonce if any.
     fn encode(&self) -> Vec<u8> {
         let mut out = vec![Self::VERSION];
         for field in [
@@ -545,6 +608,10 @@ impl PollTicket {
             &self.spki,
         ] {
             put_field(&mut out, field);
+        }
+        if let Some((body, nonce)) = &self.unread {
+            put_field(&mut out, body);
+            put_field(&mut out, nonce);
         }
         out
     }
@@ -561,6 +628,13 @@ impl PollTicket {
             fields.push(field.to_vec());
             rest = tail;
         }
+        let unread = if rest.is_empty() {
+            None
+        } else {
+            let (body, tail) = take_field(rest).ok_or_else(bad)?;
+            let (nonce, _) = take_field(tail).ok_or_else(bad)?;
+            Some((body.to_vec(), nonce.to_vec()))
+        };
         let spki = fields.pop().ok_or_else(bad)?;
         let issuer_and_subject = fields.pop().ok_or_else(bad)?;
         let transaction_id = String::from_utf8(fields.pop().ok_or_else(bad)?).map_err(|_| bad())?;
@@ -568,6 +642,7 @@ impl PollTicket {
             transaction_id,
             issuer_and_subject,
             spki,
+            unread,
         })
     }
 }
@@ -635,8 +710,17 @@ mod tests {
             transaction_id: "abc".into(),
             issuer_and_subject: vec![0x30, 0x00],
             spki: vec![1, 2, 3],
+            unread: None,
         };
         assert_eq!(PollTicket::decode(&t.encode()).unwrap(), t);
+        let kept = PollTicket {
+            unread: Some((vec![0x30, 0x80], vec![7; 16])),
+            ..t.clone()
+        };
+        assert_eq!(PollTicket::decode(&kept.encode()).unwrap(), kept);
+        let mut cut = kept.encode();
+        cut.pop();
+        assert!(PollTicket::decode(&cut).is_err());
         assert!(PollTicket::decode(&[]).is_err());
         assert!(PollTicket::decode(&[1, 0, 0, 0, 9]).is_err());
         let mut truncated = t.encode();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod scepserver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -536,4 +537,46 @@ pub fn metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -
                     .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
         })
         .map(|(_, value)| value.parse().unwrap())
+}
+
+/// A PKIOperation POST that may fail: a refused or reset connection (a killed replica)
+/// or no answer within `timeout` (a hang) is an `Err` describing it, not a panic.
+pub fn try_post(
+    addr: SocketAddr,
+    target: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut req = format!(
+        "POST {target} HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-pki-message\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    stream.write_all(&req).map_err(|e| format!("write: {e}"))?;
+    let mut bytes = Vec::new();
+    stream
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read: {e}"))?;
+    if !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(format!("no HTTP response ({} bytes)", bytes.len()));
+    }
+    Ok(parse_response(&bytes))
+}
+
+/// Peak and current resident memory of a process, in KiB (`VmHWM`, `VmRSS` of
+/// /proc/<pid>/status).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }
