@@ -437,7 +437,17 @@ impl FileConfig {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let mut config: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses `text` as if it were the file at `path`, with everything [`load`]
+    /// does after reading: relative paths are resolved against `path`'s folder, errors
+    /// name `path`, and the checks that need no file access run. `path` itself is never
+    /// read (the fuzz target and tests give the text directly).
+    ///
+    /// [`load`]: FileConfig::load
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;

@@ -21,6 +21,9 @@ pub mod config;
 pub mod csr;
 pub mod enroll;
 pub mod error;
+/// The decoders as the fuzz targets and the corpus replay call them; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod init;

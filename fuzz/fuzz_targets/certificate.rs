@@ -1,0 +1,6 @@
+//! Target `certificate`: see `scep_gateway::fuzzing::certificate` for what it exercises.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    scep_gateway::fuzzing::certificate(data);
+});

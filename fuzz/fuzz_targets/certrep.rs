@@ -1,0 +1,8 @@
+//! Target `certrep`: see `scep_gateway::fuzzing::certrep` for what it exercises.
+#![no_main]
+
+use scep_gateway_fuzz::fixtures;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    scep_gateway::fuzzing::certrep(fixtures(), data);
+});

@@ -1,0 +1,6 @@
+//! Target `query`: see `scep_gateway::fuzzing::query` for what it exercises.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    scep_gateway::fuzzing::query(data);
+});
