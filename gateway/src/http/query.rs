@@ -91,8 +91,11 @@ fn percent_unescape_strict(input: &[u8]) -> Result<Vec<u8>> {
     let mut i = 0;
     while i < input.len() {
         if input[i] == b'%' {
+            // Two ASCII hex digits exactly: `u8::from_str_radix` alone would also take
+            // a sign (`%+1`).
             let hex = input
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| Error::Malformed("invalid percent-encoding in message".into()))?;
@@ -160,6 +163,7 @@ mod tests {
     fn garbage_is_a_clean_error() {
         assert!(decode_message("%zz").is_err());
         assert!(decode_message("%4").is_err());
+        assert!(decode_message("%+1").is_err(), "a sign is not a hex digit");
         assert!(decode_message("abc$def").is_err());
         assert!(decode_message("").map(|v| v.is_empty()).unwrap_or(true));
     }
