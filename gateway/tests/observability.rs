@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{get, parse_response, post, Backend, Gateway, Options, CHALLENGE};
+use common::{get, must, parse_response, post, sample, Backend, Gateway, Options, CHALLENGE};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
 use scep_gateway::scep::client::{
@@ -65,25 +65,6 @@ impl Device {
             .read_reply(&response.body, spec, spec.cipher.is_legacy())
             .unwrap()
     }
-}
-
-/// The value of the first sample of `name` whose labels include every `labels` pair.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| {
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, value)| value.parse().unwrap())
-}
-
-fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    sample(text, name, labels).unwrap_or_else(|| panic!("no {name} with {labels:?} in\n{text}"))
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {

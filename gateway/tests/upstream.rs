@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::scepserver::{free_port, profile, scep_ca, ScepServer};
-use common::{get, openssl_verify, openssl_x509, post, write_pem, Gateway, Options, CHALLENGE};
+use common::{
+    get, must, openssl_verify, openssl_x509, post, sample, write_pem, Gateway, Options, CHALLENGE,
+};
 use der::flagset::FlagSet;
 use scep_gateway::ca::certificate::{self as x509, common_name, Signer};
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
@@ -185,28 +187,7 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
 
 /// `GET /metrics`.
 fn scrape(gw: &Gateway) -> String {
-    let response = get(gw.addr, "/metrics");
-    assert_eq!(response.status, 200);
-    String::from_utf8(response.body).unwrap()
-}
-
-/// The value of the first sample of `name` whose labels include every `labels` pair.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| {
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, value)| value.parse().unwrap())
-}
-
-fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    sample(text, name, labels).unwrap_or_else(|| panic!("no {name} with {labels:?} in\n{text}"))
+    common::scrape(gw.addr)
 }
 
 fn log_has(gw: &Gateway, ca: &str, message: &str) -> bool {

@@ -520,12 +520,16 @@ pub fn write_pem(path: &Path, label: &str, der: &[u8]) {
     std::fs::write(path, pem).unwrap();
 }
 
-/// Scrapes `/metrics` of `addr` and returns the value of the first sample of `name`
-/// whose labels include every `labels` pair.
-pub fn metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+/// The text of `GET /metrics` at `addr`.
+pub fn scrape(addr: SocketAddr) -> String {
     let response = get(addr, "/metrics");
     assert_eq!(response.status, 200);
-    let text = String::from_utf8(response.body).unwrap();
+    String::from_utf8(response.body).unwrap()
+}
+
+/// The value of the first sample of `name` in a scrape whose labels include every
+/// `labels` pair.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
@@ -537,6 +541,17 @@ pub fn metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -
                     .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
         })
         .map(|(_, value)| value.parse().unwrap())
+}
+
+/// [`sample`] that must exist.
+pub fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(text, name, labels).unwrap_or_else(|| panic!("no {name} with {labels:?} in\n{text}"))
+}
+
+/// Scrapes `/metrics` of `addr` and returns the value of the first sample of `name`
+/// whose labels include every `labels` pair.
+pub fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    sample(&scrape(addr), name, labels)
 }
 
 /// A PKIOperation POST that may fail: a refused or reset connection (a killed replica)
@@ -579,4 +594,79 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A test CA and a server certificate for IP 127.0.0.1, made with the `openssl` CLI.
+/// Returns (CA PEM, server chain PEM, server key PEM).
+pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new(require_tool("openssl"))
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=test CA",
+        "-days",
+        "1",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }

@@ -47,72 +47,7 @@ impl RedisServer {
     /// open (for the readiness ping only; it needs the password like the TLS one).
     pub fn start_tls(password: &str) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let openssl = require_tool("openssl");
-        let run = |args: &[&str]| {
-            let out = Command::new(&openssl)
-                .current_dir(dir.path())
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=redis test CA",
-            "-days",
-            "1",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=keyCertSign,cRLSign",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            dir.path().join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        super::tls_files(dir.path());
         let ca_pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
         let tls_port = free_port();
         let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
