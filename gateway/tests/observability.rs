@@ -6,66 +6,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{get, must, parse_response, post, sample, Backend, Gateway, Options, CHALLENGE};
-use scep_gateway::ca::certificate::common_name;
-use scep_gateway::cms::algorithms::{ContentCipher, Digest};
-use scep_gateway::scep::client::{
-    ca_certificates, encryption_certificate, MessageSpec, Reply, Requester,
-};
-use scep_gateway::scep::message::{MessageType, Nonce, PkiStatus};
-use scep_hsm::{Key, SoftwareKey};
+use scep_gateway::cms::algorithms::ContentCipher;
+use scep_gateway::scep::message::PkiStatus;
 
-/// A device with its own key; `pkcsreq` builds a request in `cipher`.
-struct Device {
-    requester: Requester,
-    ra_certificate: Vec<u8>,
-    cn: String,
-}
-
-impl Device {
-    fn new(gateway: &Gateway, cn: &str) -> Device {
-        let answer = get(gateway.addr, "/scep?operation=GetCACert");
-        assert_eq!(answer.status, 200);
-        let certs = ca_certificates(&answer.body).unwrap();
-        let ra_certificate = encryption_certificate(&certs).unwrap().to_vec();
-        let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
-        Device {
-            requester: Requester::self_signed(key, &common_name(cn).unwrap()).unwrap(),
-            ra_certificate,
-            cn: cn.into(),
-        }
-    }
-
-    fn pkcsreq(&self, challenge: &str, cipher: ContentCipher) -> (Vec<u8>, MessageSpec) {
-        let csr = self
-            .requester
-            .certification_request(&common_name(&self.cn).unwrap(), Some(challenge))
-            .unwrap();
-        let spec = MessageSpec {
-            message_type: MessageType::PkcsReq,
-            transaction_id: self.requester.key_transaction_id(),
-            sender_nonce: Nonce::random(),
-            digest: Digest::Sha256,
-            cipher,
-        };
-        let message = self
-            .requester
-            .pki_message(&spec, &self.ra_certificate, &csr)
-            .unwrap();
-        (message, spec)
-    }
-
-    fn send(&self, gateway: &Gateway, message: &[u8], spec: &MessageSpec) -> Reply {
-        let response = post(gateway.addr, "/scep?operation=PKIOperation", message);
-        assert_eq!(response.status, 200, "{:?}", response);
-        self.requester
-            .read_reply(&response.body, spec, spec.cipher.is_legacy())
-            .unwrap()
-    }
-}
+use common::device::Device;
 
 fn scrape(addr: std::net::SocketAddr) -> String {
     let response = get(addr, "/metrics");
@@ -85,7 +32,7 @@ fn metrics_after_enrollments(backend: Backend) {
         ..Options::default()
     });
     let device = Device::new(&gateway, "metrics-1");
-    let (message, spec) = device.pkcsreq(CHALLENGE, ContentCipher::Aes256Cbc);
+    let (message, spec) = device.pkcsreq_in(CHALLENGE, ContentCipher::Aes256Cbc);
     assert_eq!(
         device.send(&gateway, &message, &spec).status,
         PkiStatus::Success
@@ -97,7 +44,7 @@ fn metrics_after_enrollments(backend: Backend) {
     );
     // A 3DES envelope (legacy) with a wrong challenge: a FAILURE with a failInfo.
     let legacy = Device::new(&gateway, "metrics-2");
-    let (message, spec) = legacy.pkcsreq("not-the-challenge", ContentCipher::DesEde3Cbc);
+    let (message, spec) = legacy.pkcsreq_in("not-the-challenge", ContentCipher::DesEde3Cbc);
     let reply = legacy.send(&gateway, &message, &spec);
     assert_eq!(reply.status, PkiStatus::Failure);
     let fail_info = reply.fail_info.unwrap().name();
@@ -278,7 +225,7 @@ fn sigterm_drains_readiness_while_a_slow_request_finishes() {
     });
     assert_eq!(get(gateway.addr, "/readyz").body, br#"{"ready":true}"#);
     let device = Device::new(&gateway, "draining");
-    let (message, spec) = device.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    let (message, spec) = device.pkcsreq_in(CHALLENGE, ContentCipher::Aes128Cbc);
     let slow = SlowRequest::start(&gateway, &message);
 
     let signalled = Instant::now();
@@ -330,7 +277,7 @@ fn an_admin_listener_serves_metrics_and_probes_and_outlives_the_drain() {
     assert!(sample(&text, "scep_requests_total", &[("operation", "other")]).is_none());
 
     let device = Device::new(&gateway, "admin-drain");
-    let (message, spec) = device.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    let (message, spec) = device.pkcsreq_in(CHALLENGE, ContentCipher::Aes128Cbc);
     let slow = SlowRequest::start(&gateway, &message);
     gateway.signal_term();
     // No delay: the main listener closes at once, the admin one answers "draining".
@@ -357,12 +304,12 @@ fn the_json_request_log_has_the_fields_and_no_challenge() {
         ..Options::default()
     });
     let device = Device::new(&gateway, "json-log");
-    let (message, spec) = device.pkcsreq("wrong-challenge-xyz", ContentCipher::Aes128Cbc);
+    let (message, spec) = device.pkcsreq_in("wrong-challenge-xyz", ContentCipher::Aes128Cbc);
     assert_eq!(
         device.send(&gateway, &message, &spec).status,
         PkiStatus::Failure
     );
-    let (message, spec) = device.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    let (message, spec) = device.pkcsreq_in(CHALLENGE, ContentCipher::Aes128Cbc);
     assert_eq!(
         device.send(&gateway, &message, &spec).status,
         PkiStatus::Success
@@ -416,7 +363,7 @@ fn the_redis_store_records_its_round_trips_and_errors() {
         ..Options::default()
     });
     let device = Device::new(&gateway, "redis-metrics");
-    let (message, spec) = device.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    let (message, spec) = device.pkcsreq_in(CHALLENGE, ContentCipher::Aes128Cbc);
     assert_eq!(
         device.send(&gateway, &message, &spec).status,
         PkiStatus::Success
@@ -432,7 +379,7 @@ fn the_redis_store_records_its_round_trips_and_errors() {
     // Redis gone: the next enrollment gets 503, counted as a store error and an HTTP error.
     redis.stop();
     let other = Device::new(&gateway, "redis-down");
-    let (message, _) = other.pkcsreq(CHALLENGE, ContentCipher::Aes128Cbc);
+    let (message, _) = other.pkcsreq_in(CHALLENGE, ContentCipher::Aes128Cbc);
     let response = post(gateway.addr, "/scep?operation=PKIOperation", &message);
     assert_eq!(response.status, 503);
     let text = scrape(gateway.addr);

@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,78 +14,11 @@ use common::{
     CHALLENGE,
 };
 use scep_gateway::ca::certificate::common_name;
-use scep_gateway::cms::algorithms::{ContentCipher, Digest};
 use scep_gateway::cms::signed::CertificateFields;
-use scep_gateway::scep::client::{
-    ca_certificates, encryption_certificate, MessageSpec, Reply, Requester,
-};
-use scep_gateway::scep::message::{FailInfo, MessageType, Nonce, PkiStatus};
-use scep_hsm::{Key, SoftwareKey};
+use scep_gateway::scep::client::{ca_certificates, MessageSpec};
+use scep_gateway::scep::message::{FailInfo, MessageType, PkiStatus};
 
-/// A device: a key, its self-signed certificate, and the RA certificate it encrypts to.
-struct Device {
-    requester: Requester,
-    ra_certificate: Vec<u8>,
-    cn: String,
-}
-
-impl Device {
-    fn new(gateway: &Gateway, cn: &str) -> Device {
-        let answer = get(gateway.addr, "/scep?operation=GetCACert");
-        assert_eq!(answer.status, 200);
-        let certs = ca_certificates(&answer.body).unwrap();
-        let ra_certificate = encryption_certificate(&certs).unwrap().to_vec();
-        let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate_rsa(cn.into(), 2048).unwrap());
-        let requester = Requester::self_signed(key, &common_name(cn).unwrap()).unwrap();
-        Device {
-            requester,
-            ra_certificate,
-            cn: cn.into(),
-        }
-    }
-
-    fn spec(&self, message_type: MessageType) -> MessageSpec {
-        MessageSpec {
-            message_type,
-            transaction_id: self.requester.key_transaction_id(),
-            sender_nonce: Nonce::random(),
-            digest: Digest::Sha256,
-            cipher: ContentCipher::Aes256Cbc,
-        }
-    }
-
-    fn pkcsreq(&self, challenge: &str) -> (Vec<u8>, MessageSpec) {
-        let subject = common_name(&self.cn).unwrap();
-        let csr = self
-            .requester
-            .certification_request(&subject, Some(challenge))
-            .unwrap();
-        let spec = self.spec(MessageType::PkcsReq);
-        (
-            self.requester
-                .pki_message(&spec, &self.ra_certificate, &csr)
-                .unwrap(),
-            spec,
-        )
-    }
-
-    fn send(&self, gateway: &Gateway, message: &[u8], spec: &MessageSpec) -> Reply {
-        let response = post(gateway.addr, "/scep?operation=PKIOperation", message);
-        assert_eq!(
-            response.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&response.body)
-        );
-        assert_eq!(
-            response.header("content-type"),
-            Some("application/x-pki-message")
-        );
-        self.requester
-            .read_reply(&response.body, spec, false)
-            .unwrap()
-    }
-}
+use common::device::Device;
 
 fn serial_of(cert: &[u8]) -> Vec<u8> {
     CertificateFields::parse(cert).unwrap().serial.to_vec()

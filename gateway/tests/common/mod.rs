@@ -3,6 +3,7 @@
 //! would), and the check that a peer tool exists.
 #![allow(dead_code)]
 
+pub mod device;
 pub mod redis;
 pub mod scepserver;
 
