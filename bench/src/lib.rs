@@ -396,6 +396,7 @@ pub fn gateway(pki: &Pki) -> Result<Arc<Gateway>> {
         // No admission limit worth the name: the bench measures the pipeline.
         admission: scep_gateway::http::admission::Admission::new(usize::MAX >> 4, None),
         reload_token: None,
+        profile_challenges: Default::default(),
         readiness: Default::default(),
     }))
 }

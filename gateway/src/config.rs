@@ -56,6 +56,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub crypto: CryptoConfig,
     pub challenge: ChallengeConfig,
+    /// Named challenge modes that profiles choose with `[[profiles]] challenge = "<name>"`
+    /// (`[challenges.<name>]`, the same keys as `[challenge]`); a profile without one uses
+    /// `[challenge]`.
+    #[serde(default)]
+    pub challenges: std::collections::BTreeMap<String, ChallengeConfig>,
     #[serde(default)]
     pub renewal: RenewalConfig,
     #[serde(default)]
@@ -486,6 +491,9 @@ impl FileConfig {
             fix(&mut tls.key);
         }
         self.challenge.resolve(base);
+        for challenge in self.challenges.values_mut() {
+            challenge.resolve(base);
+        }
         if let Some(next) = &mut self.next {
             next.certificates.iter_mut().for_each(fix);
         }

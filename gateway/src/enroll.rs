@@ -395,6 +395,12 @@ async fn authorize_and_issue(
         client_addr,
         message_type: header.message_type,
     };
+    // The challenge mode of the profile this CSR goes to, else the gateway's.
+    let challenge = gateway
+        .ca
+        .challenge_for(csr)
+        .and_then(|name| gateway.profile_challenges.get(name))
+        .unwrap_or(&gateway.challenge);
     let validated = if renewing {
         if gateway.renewal.require_same_subject {
             let old = CertificateFields::parse(&header.signer_certificate)?;
@@ -406,9 +412,9 @@ async fn authorize_and_issue(
         }
         None
     } else {
-        let result = gateway.challenge.validate(&ctx).await;
+        let result = challenge.validate(&ctx).await;
         metrics::challenge_validation(
-            gateway.challenge.mode(),
+            challenge.mode(),
             match &result {
                 Ok(_) => "accepted",
                 Err(Error::Unavailable(_)) => "error",
@@ -443,21 +449,21 @@ async fn authorize_and_issue(
         Ok(outcome) => outcome,
         Err(e) => {
             if validated.is_some() {
-                gateway.challenge.notify_failed(&ctx, &e).await;
+                challenge.notify_failed(&ctx, &e).await;
             }
             return Err(e);
         }
     };
     if let IssueOutcome::Issued { issued, .. } = &outcome {
         if validated.is_some() {
-            if let Err(e) = gateway.challenge.notify_issued(&ctx, issued).await {
+            if let Err(e) = challenge.notify_issued(&ctx, issued).await {
                 tracing::warn!(
                     transaction_id = %header.transaction_id,
                     serial = %hex::encode(&issued.serial),
                     error = %e,
                     "certificate issued but withheld: the challenge validator did not acknowledge it"
                 );
-                gateway.challenge.notify_failed(&ctx, &e).await;
+                challenge.notify_failed(&ctx, &e).await;
                 return Err(e);
             }
         }

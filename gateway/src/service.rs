@@ -58,6 +58,8 @@ pub struct Gateway {
     pub next_certificates: Vec<Arc<[u8]>>,
     /// How long a claimed transaction stays claimed if this process dies mid-way.
     pub claim_lease: Duration,
+    /// `[challenges.<name>]`: the challenge modes profiles name.
+    pub profile_challenges: std::collections::HashMap<String, Arc<dyn Challenge>>,
     /// Every RA and CA key by its setting name, for the readiness check.
     pub keys: Vec<(&'static str, Arc<dyn Key>)>,
     /// The admission gate of PKIOperations (in-flight bound, per-client rate).
@@ -226,6 +228,7 @@ impl Gateway {
             ra,
             ca,
             challenge: load_challenge(&config.challenge, store.clone())?,
+            profile_challenges: load_profile_challenges(config, &store)?,
             store,
             policy: CryptoPolicy {
                 legacy_des: config.crypto.legacy_des,
@@ -380,6 +383,31 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> 
 }
 
 /// The configured challenge mode, behind its CSR policy when one is set.
+/// The `[challenges.<name>]` modes; every `[[profiles]] challenge` must name one.
+fn load_profile_challenges(
+    config: &FileConfig,
+    store: &Arc<dyn Store>,
+) -> Result<std::collections::HashMap<String, Arc<dyn Challenge>>, ConfigError> {
+    for profile in &config.profiles {
+        if let Some(name) = &profile.challenge {
+            if !config.challenges.contains_key(name) {
+                return Err(ConfigError::Invalid {
+                    setting: "profiles.challenge",
+                    reason: format!(
+                        "profile {:?} names the challenge {name:?}, but there is no [challenges.{name}]",
+                        profile.name
+                    ),
+                });
+            }
+        }
+    }
+    config
+        .challenges
+        .iter()
+        .map(|(name, c)| Ok((name.clone(), load_challenge(c, store.clone())?)))
+        .collect()
+}
+
 pub fn load_challenge(
     config: &ChallengeConfig,
     store: Arc<dyn Store>,

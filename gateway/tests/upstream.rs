@@ -860,3 +860,64 @@ fn round_robin_spreads_enrollments_over_the_profiles_cas() {
     }
     gw.assert_healthy();
 }
+
+/// `[[profiles]] challenge = "<name>"`: each profile may check its own challenge mode
+/// (`[challenges.<name>]`), as NDES operators run one password policy per template; a
+/// profile without one uses `[challenge]`.
+#[test]
+fn a_profile_checks_the_challenge_mode_it_names() {
+    let setup = common::Pki::init(&Options {
+        // The gateway-wide challenge is another password than the devices know...
+        extra_config: vec![("password_file".into(), "\"other.txt\"".into())],
+        append: [
+            embedded_ca("local"),
+            {
+                let mut p = profile("signing", &["local"], Some("signature"));
+                p.push("challenge = \"signing\"".into());
+                p
+            },
+            profile("default", &["local"], Some("general")),
+            // ...while the signing profile's own mode takes the devices' password.
+            vec![
+                "[challenges.signing]".into(),
+                "mode = \"static\"".into(),
+                "password_file = \"challenge.txt\"".into(),
+            ],
+        ]
+        .concat(),
+        ..Options::default()
+    });
+    std::fs::write(setup.path().join("other.txt"), "another-password\n").unwrap();
+    let mut gw = setup.serve();
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    enroll(&gw, "signer", Some(KeyUsages::DigitalSignature.into())).certificate();
+    match enroll(&gw, "general", None) {
+        Enrolled::Failure(FailInfo::BadRequest, _) => {}
+        other => panic!("the default profile must check [challenge]: {other:?}"),
+    }
+    gw.assert_healthy();
+}
+
+#[test]
+fn a_profile_naming_an_unknown_challenge_is_a_start_up_error() {
+    let setup = common::Pki::init(&Options {
+        append: [embedded_ca("local"), {
+            let mut p = profile("default", &["local"], None);
+            p.push("challenge = \"nope\"".into());
+            p
+        }]
+        .concat(),
+        ..Options::default()
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scep-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(setup.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("profiles.challenge") && err.contains("nope"),
+        "{err}"
+    );
+}

@@ -97,6 +97,12 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
         "embedded"
     }
 
+    /// The named challenge mode (`[challenges.<name>]`) of the profile that would serve
+    /// `csr`; `None`: the gateway's `[challenge]`.
+    fn challenge_for(&self, _csr: &CertificationRequest) -> Option<&str> {
+        None
+    }
+
     /// Issues or defers: what the pipeline calls. A CA that always decides at once
     /// (the embedded one) keeps this default.
     fn submit<'a>(

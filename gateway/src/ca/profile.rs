@@ -110,6 +110,10 @@ pub struct ProfileConfig {
     /// of HTTP 503.
     #[serde(default)]
     pub queue_when_down: bool,
+    /// The name of a `[challenges.<name>]` mode for the requests of this profile (NDES
+    /// operators run one password policy per template); none: `[challenge]`.
+    #[serde(default)]
+    pub challenge: Option<String>,
 }
 
 /// Checks that need no network: names unique and known, numbers sane.
@@ -197,6 +201,7 @@ mod tests {
             strategy: Strategy::Failover,
             key_usage: None,
             queue_when_down: false,
+            challenge: None,
         };
         assert!(check(&[ca("a"), ca("b")], &[profile(&["a", "b"])]).is_ok());
         assert!(check(&[ca("a"), ca("a")], &[profile(&["a"])]).is_err());

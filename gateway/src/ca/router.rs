@@ -54,6 +54,7 @@ struct Profile {
     strategy: Strategy,
     class: Option<UsageClass>,
     queue_when_down: bool,
+    challenge: Option<String>,
     next: AtomicUsize,
 }
 
@@ -97,6 +98,7 @@ impl Router {
                     strategy: p.strategy,
                     class: p.key_usage,
                     queue_when_down: p.queue_when_down,
+                    challenge: p.challenge.clone(),
                     next: AtomicUsize::new(0),
                 })
             })
@@ -328,6 +330,10 @@ impl Ca for Router {
     /// `IssueOutcome`.
     fn name(&self) -> &str {
         "router"
+    }
+
+    fn challenge_for(&self, csr: &CertificationRequest) -> Option<&str> {
+        self.select(csr, Route::default()).challenge.as_deref()
     }
 
     fn issue<'a>(&'a self, request: IssueRequest<'a>) -> BoxFuture<'a, Result<Issued>> {
