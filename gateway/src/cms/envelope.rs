@@ -387,7 +387,14 @@ fn unwrap_key(
     match decrypter.key.decrypt(padding, encrypted_key) {
         Ok(cek) if cek.len() == key_len(cipher) => Ok((cek, true)),
         Ok(_) | Err(KeyError::Operation) => Ok((fake, false)),
-        Err(e @ (KeyError::Unavailable(_) | KeyError::Unsupported(_) | KeyError::Load { .. })) => {
+        // The key cannot do this padding at all (a token without OAEP, or OAEP with
+        // SHA-256 on SoftHSM2): decided by the mechanism, which the algorithm identifier
+        // names, never by the ciphertext, so saying so is no oracle. badAlg, not a 503 the
+        // client would retry forever.
+        Err(KeyError::Unsupported(what)) => Err(Error::UnsupportedAlgorithm(format!(
+            "the RA decryption key cannot do this key transport: {what}"
+        ))),
+        Err(e @ (KeyError::Unavailable(_) | KeyError::Load { .. })) => {
             Err(Error::Unavailable(format!("the RA decryption key: {e}")))
         }
     }
