@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{get, metric, post, read_der, require_tool, Gateway, Options, CHALLENGE};
+use common::{get, metric, post, read_der, Gateway, Options, CHALLENGE};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
 use scep_gateway::scep::client::{ca_certificates, encryption_certificate, MessageSpec, Requester};
@@ -18,19 +18,7 @@ use scep_hsm::{Key, SoftwareKey};
 
 /// A new RA certificate and PKCS#8 key, issued by the development CA with OpenSSL.
 fn new_ra(pki: &Path) {
-    let openssl = require_tool("openssl");
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(pki)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| common::openssl_in(pki, args);
     std::fs::write(
         pki.join("ext.cnf"),
         "keyUsage=critical,digitalSignature,keyEncipherment\n",

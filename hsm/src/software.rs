@@ -4,7 +4,6 @@
 //! same machine), which keeps an enrollment's cost at its three private operations.
 
 use std::path::Path;
-use std::sync::RwLock;
 use std::time::Instant;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
@@ -16,7 +15,7 @@ use aws_lc_rs::rsa::{
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use zeroize::Zeroizing;
 
-use crate::observe::Observer;
+use crate::observe::{Observer, ObserverSlot};
 use crate::{DecryptPadding, Key, KeyAlgorithm, KeyError, SignatureAlgorithm};
 
 /// A private key in memory.
@@ -28,7 +27,7 @@ pub struct SoftwareKey {
     pkcs8: Zeroizing<Vec<u8>>,
     /// Receives each operation's duration, as a PKCS#11 key's does: one metrics path for
     /// every key, wherever it lives.
-    observer: RwLock<Option<Observer>>,
+    observer: ObserverSlot,
 }
 
 enum Inner {
@@ -112,7 +111,7 @@ impl SoftwareKey {
                     bits,
                 },
                 pkcs8: Zeroizing::new(pkcs8.to_vec()),
-                observer: RwLock::new(None),
+                observer: ObserverSlot::default(),
             });
         }
         for (alg, algorithm) in [
@@ -137,7 +136,7 @@ impl SoftwareKey {
                     spki,
                     inner: Inner::Ec { pair, algorithm },
                     pkcs8: Zeroizing::new(pkcs8.to_vec()),
-                    observer: RwLock::new(None),
+                    observer: ObserverSlot::default(),
                 });
             }
         }
@@ -220,14 +219,12 @@ impl Key for SoftwareKey {
 impl SoftwareKey {
     /// Sets the hook that receives the duration of every sign and decrypt of this key.
     pub fn set_observer(&self, observer: Observer) {
-        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+        self.observer.set(observer);
     }
 
     fn observe<T>(&self, op: &str, started: Instant, result: &Result<T, KeyError>) {
-        let observer = self.observer.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(observer) = observer.as_ref() {
-            observer(op, &self.label, started.elapsed(), result.is_ok());
-        }
+        self.observer
+            .record(op, &self.label, started, result.is_ok());
     }
 
     fn sign_now(&self, alg: SignatureAlgorithm, message: &[u8]) -> Result<Vec<u8>, KeyError> {

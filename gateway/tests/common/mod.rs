@@ -597,21 +597,24 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// Runs `openssl ARGS` in `dir` and asserts it succeeded.
+pub fn openssl_in(dir: &Path, args: &[&str]) {
+    let out = Command::new(require_tool("openssl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A test CA and a server certificate for IP 127.0.0.1, made with the `openssl` CLI.
 /// Returns (CA PEM, server chain PEM, server key PEM).
 pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new(require_tool("openssl"))
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl_in(dir, args);
     run(&[
         "req",
         "-x509",

@@ -24,7 +24,7 @@ pub mod module;
 mod pool;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cryptoki::context::Function;
@@ -39,7 +39,7 @@ pub use error::Pkcs11Error;
 pub use mechanisms::Purpose;
 pub use pool::SessionCounts;
 
-use crate::observe::Observer;
+use crate::observe::{Observer, ObserverSlot};
 use crate::{DecryptPadding, Key, KeyAlgorithm, KeyError, SignatureAlgorithm};
 use error::{is_fault, rv};
 use lookup::FindError;
@@ -59,7 +59,7 @@ pub struct Pkcs11Key {
     algorithm: KeyAlgorithm,
     spki: Vec<u8>,
     offered: Vec<MechanismType>,
-    observer: RwLock<Option<Observer>>,
+    observer: ObserverSlot,
     /// The last fault was CKR_CRYPTOKI_NOT_INITIALIZED: recovery restarts the module.
     not_initialised: AtomicBool,
 }
@@ -163,14 +163,14 @@ impl Pkcs11Key {
             algorithm: facts.algorithm,
             spki: facts.spki,
             offered,
-            observer: RwLock::new(None),
+            observer: ObserverSlot::default(),
             not_initialised: AtomicBool::new(false),
         })
     }
 
     /// Sets the hook that receives the duration of every operation of this key.
     pub fn set_observer(&self, observer: Observer) {
-        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+        self.observer.set(observer);
     }
 
     /// The token's session pool now (shared by every key of the token).
@@ -184,10 +184,8 @@ impl Pkcs11Key {
     }
 
     fn observe<T, E>(&self, op: &str, started: Instant, result: &Result<T, E>) {
-        let observer = self.observer.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(observer) = observer.as_ref() {
-            observer(op, &self.label, started.elapsed(), result.is_ok());
-        }
+        self.observer
+            .record(op, &self.label, started, result.is_ok());
     }
 
     /// The key's handle, looked up again if the module restarted since it was found.
