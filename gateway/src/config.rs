@@ -146,6 +146,12 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// PEM CA certificate(s) that issue the admin clients' certificates, for mutual TLS
+    /// on the one-time password endpoint (`[[challenge.admin_clients]]`). With it the
+    /// listener asks every client for a certificate but requires none: devices have
+    /// none, and a connection without one is authenticated by bearer token or not at all.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[ra]`: the RA certificate(s) and their keys.
@@ -489,6 +495,7 @@ impl FileConfig {
         if let Some(tls) = &mut self.server.tls {
             fix(&mut tls.certificate);
             fix(&mut tls.key);
+            tls.client_ca.as_mut().map(fix);
         }
         self.challenge.resolve(base);
         for challenge in self.challenges.values_mut() {
@@ -547,6 +554,20 @@ impl FileConfig {
                     reason: e.to_string(),
                 })?;
             }
+        }
+        let mutual_tls = self
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+        let admin_clients = std::iter::once(&self.challenge)
+            .chain(self.challenges.values())
+            .any(|c| matches!(c, ChallengeConfig::OneTime(o) if !o.admin_clients.is_empty()));
+        if admin_clients && !mutual_tls {
+            return invalid(
+                "challenge.admin_clients",
+                "admin clients authenticate by mutual TLS: set [server.tls] client_ca",
+            );
         }
         if let Some(next) = &self.next {
             if next.certificates.is_empty() {
@@ -655,6 +676,7 @@ shutdown_grace_secs = 20
 # [server.tls]
 # certificate = "tls.pem"
 # key = "tls.key.pem"
+# client_ca = "admin-clients-ca.pem"  # mutual TLS for [[challenge.admin_clients]]
 
 [ra]
 # The RA certificate devices encrypt to and whose key signs every reply.
@@ -744,6 +766,28 @@ mod tests {
             matches!(c.challenge, ChallengeConfig::Static { password_file: Some(ref f), .. } if f == &dir.path().join("challenge.txt"))
         );
         assert_eq!(c.server.max_body_bytes, 262144);
+    }
+
+    #[test]
+    fn admin_clients_need_a_client_ca() {
+        let one_time = example("c.txt").replace(
+            "mode = \"static\"\npassword_file = \"c.txt\"\n# or: password_env = \"SCEP_CHALLENGE\"",
+            "mode = \"one-time\"\n[[challenge.admin_clients]]\nname = \"ops\"\ncommon_name = \"ops\"",
+        );
+        assert!(one_time.contains("admin_clients"));
+        let err = FileConfig::from_toml(&one_time, Path::new("/x/gateway.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_ca"), "{err}");
+        let with_ca = one_time.replace(
+            "\n[ra]\n",
+            "\n[server.tls]\ncertificate = \"t.pem\"\nkey = \"t.key\"\nclient_ca = \"admins.pem\"\n\n[ra]\n",
+        );
+        let config = FileConfig::from_toml(&with_ca, Path::new("/x/gateway.toml")).unwrap();
+        assert_eq!(
+            config.server.tls.unwrap().client_ca,
+            Some(PathBuf::from("/x/admins.pem"))
+        );
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub const TARGETS: &[&str] = &[
     "certrep",
     "certificate",
     "config",
+    "webhook_answer",
+    "intune_answer",
 ];
 
 /// Runs target `name` on `data` (the corpus replay's entry point); `false` for an
@@ -218,6 +220,8 @@ pub fn run(name: &str, fixtures: &Fixtures, data: &[u8]) -> bool {
         "certrep" => certrep(fixtures, data),
         "certificate" => certificate(data),
         "config" => config(data),
+        "webhook_answer" => webhook_answer(data),
+        "intune_answer" => intune_answer(data),
         _ => return false,
     }
     true
@@ -417,4 +421,26 @@ pub fn config(data: &[u8]) {
         let _ = config.profile.validate();
         let _ = config.store.claim_lease(&config.server);
     }
+}
+
+/// Target `webhook_answer`: a challenge webhook's 2xx answer body
+/// (`challenge/webhook.rs`): `Answer::read`, then `verdict` (profile or refusal text).
+pub fn webhook_answer(data: &[u8]) {
+    if let Ok(answer) = crate::challenge::webhook::Answer::read(data) {
+        let _ = answer.verdict().map_err(|e| e.to_string());
+    }
+}
+
+/// Target `intune_answer`: the three JSON answers the Intune client reads
+/// (`challenge/intune.rs`), each given the same bytes: Entra ID's token answer
+/// (`read_token`, including the refresh time derived from `expires_in`), Graph's
+/// service discovery (`read_discovery`) and a ScepAction's `{"code",
+/// "errorDescription"}` (`read_action`).
+pub fn intune_answer(data: &[u8]) {
+    use crate::challenge::intune;
+    if let Ok((_, fresh_for)) = intune::read_token(data) {
+        let _ = std::time::Instant::now() + fresh_for;
+    }
+    let _ = intune::read_discovery(data);
+    let _ = intune::read_action("validateRequest", data).map_err(|e| e.to_string());
 }

@@ -171,6 +171,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
         let gateway = Arc::new(Gateway::from_config(&config).map_err(|e| e.to_string())?);
         let live = Arc::new(Live::new(&config_path, config.clone(), gateway.clone()));
         reload_on_sighup(live.clone());
+        let shutdown = shutdown_signal();
         let server = Server::bind(config.server.clone(), live.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -223,7 +224,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
                 let _ = admin_stop.await;
             }))
         });
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         let _ = stopped.send(());
         if let Some(admin) = admin {
             let _ = admin.await;
@@ -237,24 +238,28 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
 /// running configuration in place and says why.
 fn reload_on_sighup(live: Arc<Live>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        // Installed here, not in the task, so that a SIGHUP sent right after start-up
+        // reloads instead of killing the process (SIGHUP's default action).
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
             tracing::warn!("SIGHUP cannot be handled here; reload needs a restart");
             return;
         };
-        while hangups.recv().await.is_some() {
-            let live = live.clone();
-            let result = tokio::task::spawn_blocking(move || live.reload()).await;
-            match result {
-                Ok(Ok(())) => tracing::info!("configuration reloaded"),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reload failed; the running configuration stays")
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let live = live.clone();
+                let result = tokio::task::spawn_blocking(move || live.reload()).await;
+                match result {
+                    Ok(Ok(())) => tracing::info!("configuration reloaded"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reload failed; the running configuration stays")
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload task failed"),
                 }
-                Err(e) => tracing::error!(error = %e, "reload task failed"),
             }
-        }
-    });
+        });
+    }
 }
 
 /// `serve` without a config: reuse `./scep-data/gateway.toml`, creating it on first start.
@@ -268,24 +273,35 @@ fn embedded_default() -> Result<PathBuf, String> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGTERM/SIGINT handlers now and returns the future that completes on
+/// the first of them. Installing them before the "listening" line matters: a signal
+/// that arrives between that line and the accept loop's first poll would otherwise hit
+/// the default action and kill the process without a drain.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    #[cfg(unix)]
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(interrupt) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

@@ -220,6 +220,174 @@ fn one_time_admin_endpoint_refuses_missing_and_wrong_tokens() {
     assert_eq!(get(gateway.addr, "/certsrv/mscep_admin/").status, 401);
 }
 
+/// curl to `https://127.0.0.1:<port><path>` trusting `dir`/ca.pem, with the client
+/// certificate `client` (`<client>.pem` + `<client>.key` in `dir`) and `token` if given:
+/// (curl's exit code, HTTP status, body).
+fn curl_tls(
+    dir: &std::path::Path,
+    port: u16,
+    method: &str,
+    path: &str,
+    client: Option<&str>,
+    token: Option<&str>,
+) -> (i32, u16, String) {
+    let mut command = std::process::Command::new(common::require_tool("curl"));
+    command.current_dir(dir).args([
+        "-sS",
+        "--cacert",
+        "ca.pem",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(client) = client {
+        command.args([
+            "--cert",
+            &format!("{client}.pem"),
+            "--key",
+            &format!("{client}.key"),
+        ]);
+    }
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    if method == "POST" {
+        command.args(["-d", ""]);
+    }
+    let out = command
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        out.status.code().unwrap_or(-1),
+        status.trim().parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+/// A client certificate for `cn`, issued by `dir`/ca.pem (or self-signed when
+/// `foreign`), written as `<name>.pem` and `<name>.key` in `dir`.
+fn client_certificate(dir: &std::path::Path, name: &str, cn: &str, foreign: bool) {
+    let run = |args: &[&str]| common::openssl_in(dir, args);
+    let key = format!("{name}.key");
+    let pem = format!("{name}.pem");
+    let subject = format!("/CN={cn}");
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    if foreign {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-subj",
+            &subject,
+            "-days",
+            "1",
+            "-addext",
+            "extendedKeyUsage=clientAuth",
+        ]);
+        return;
+    }
+    let csr = format!("{name}.csr");
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        &pem,
+        "-days",
+        "1",
+        "-extfile",
+        "client.cnf",
+    ]);
+}
+
+#[test]
+fn one_time_admin_clients_authenticate_by_mutual_tls() {
+    let pki = one_time_pki(
+        "[[challenge.admin_clients]]\nname = \"portal\"\ncommon_name = \"portal-admin\"\n",
+        &Options::default(),
+    );
+    let tls = pki.dir.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let (ca, cert, key) = common::tls_files(&tls);
+    client_certificate(&tls, "admin", "portal-admin", false);
+    client_certificate(&tls, "stranger", "someone-else", false);
+    client_certificate(&tls, "forged", "portal-admin", true);
+    let config = std::fs::read_to_string(pki.config()).unwrap().replacen(
+        "\n[ra]\n",
+        &format!(
+            "\n[server.tls]\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\n[ra]\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+        1,
+    );
+    std::fs::write(pki.config(), config).unwrap();
+    let mut gateway = pki.serve();
+    let port = gateway.addr.port();
+    let call = |client, token| curl_tls(&tls, port, "POST", "/admin/challenges", client, token);
+
+    // The named certificate alone is enough; its entry's name is the requester.
+    let (code, status, body) = call(Some("admin"), None);
+    assert_eq!((code, status), (0, 201), "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["requester"], "portal");
+    assert_eq!(answer["password"].as_str().unwrap().len(), 32);
+    // The NDES page too.
+    let (_, status, page) = curl_tls(
+        &tls,
+        port,
+        "GET",
+        "/certsrv/mscep_admin/",
+        Some("admin"),
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<b>"), "{page}");
+
+    // A certificate of client_ca that no entry names is no admin; a token still is.
+    assert_eq!(call(Some("stranger"), None).1, 401);
+    let (_, status, body) = call(Some("stranger"), Some(ADMIN_TOKEN));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["requester"],
+        "mdm"
+    );
+    // Neither certificate nor token.
+    assert_eq!(call(None, None).1, 401);
+    // The right name from another CA fails the handshake itself.
+    let (code, status, _) = call(Some("forged"), None);
+    assert!(
+        code != 0 && status == 0,
+        "a foreign certificate got through: {code} {status}"
+    );
+
+    // Devices send no certificate and are served as before.
+    let (code, status, caps) = curl_tls(&tls, port, "GET", "/scep?operation=GetCACaps", None, None);
+    assert_eq!((code, status), (0, 200), "{caps}");
+    assert!(caps.contains("SCEPStandard"), "{caps}");
+    gateway.assert_healthy();
+}
+
 #[test]
 fn admin_endpoint_is_404_unless_configured() {
     // The static mode of `init`.

@@ -268,4 +268,51 @@ fn write_seeds() {
     let parsed = scep_gateway::config::FileConfig::from_toml(&redis_pkcs11, Path::new("/g.toml"));
     assert!(parsed.is_ok(), "{parsed:?}");
     write_seed("config", "redis-pkcs11.toml", redis_pkcs11.as_bytes());
+    // The JSON answers of a challenge webhook, Entra ID, Graph and Intune (README,
+    // "Challenges"; ../shared/docs/intune-scep-validation.md).
+    for (target, name, json) in [
+        (
+            "webhook_answer",
+            "allow-profile.json",
+            r#"{"allow": true, "profile": "wifi", "reason": null}"#,
+        ),
+        (
+            "webhook_answer",
+            "deny-reason.json",
+            r#"{"allow": false, "reason": "device not in inventory"}"#,
+        ),
+        ("webhook_answer", "allow-minimal.json", r#"{"allow": true}"#),
+        (
+            "intune_answer",
+            "token.json",
+            r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.e30.c2ln"}"#,
+        ),
+        (
+            "intune_answer",
+            "token-string-expiry.json",
+            r#"{"token_type":"Bearer","expires_in":"3599","access_token":"eyJ0eXAiOiJKV1QifQ.e30.c2ln"}"#,
+        ),
+        (
+            "intune_answer",
+            "token-error.json",
+            r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}"#,
+        ),
+        (
+            "intune_answer",
+            "discovery.json",
+            r#"{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#servicePrincipals('0000000a-0000-0000-c000-000000000000')/endpoints","value":[{"id":"1","capability":"Intune","providerId":null,"providerName":"ScepRequestValidationFEService","providerResourceId":null,"uri":"https://fef.msua06.manage.microsoft.com/ScepRequestValidationFEService"},{"providerName":"IntuneSomethingElse","uri":"https://example"}]}"#,
+        ),
+        (
+            "intune_answer",
+            "action-success.json",
+            r#"{"code":"Success","errorDescription":""}"#,
+        ),
+        (
+            "intune_answer",
+            "action-failure.json",
+            r#"{"code":"ChallengeExpired","errorDescription":"The challenge has expired."}"#,
+        ),
+    ] {
+        write_seed(target, name, json.as_bytes());
+    }
 }

@@ -50,6 +50,8 @@ const API_VERSION: &str = "2018-02-20";
 /// failureNotification's hResult: 0x8000FFFF (E_UNEXPECTED), the doc's example.
 const FAILURE_HRESULT: u32 = 2_147_549_183;
 const MAX_ANSWER: usize = 256 * 1024;
+/// Entra ID tokens live about an hour; a longer `expires_in` is not believed.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// `[challenge] mode = "intune"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -142,7 +144,7 @@ struct Token {
 }
 
 /// Why a call failed.
-enum CallError {
+pub(crate) enum CallError {
     /// Intune answered with a `code` other than Success.
     Code(String, String),
     /// No usable answer (network, HTTP status, garbage, token, discovery).
@@ -351,26 +353,12 @@ impl IntuneChallenge {
                 status.as_u16()
             ));
         }
-        let answer: Value = serde_json::from_slice(&body)
-            .map_err(|_| "token endpoint: unreadable answer".to_owned())?;
-        let token = answer
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or("token endpoint: no access_token in the answer")?;
-        let lifetime = match answer.get("expires_in") {
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.parse().ok(),
-            _ => None,
-        }
-        .unwrap_or(300);
-        // Refresh five minutes early, or at half-life for short-lived tokens.
-        let margin = if lifetime > 600 { 300 } else { lifetime / 2 };
-        let value = Zeroizing::new(token.to_owned());
+        let (value, fresh_for) = read_token(&body)?;
         self.lock_tokens().insert(
             scope.to_owned(),
             Token {
                 value: value.clone(),
-                refresh_at: Instant::now() + Duration::from_secs(lifetime - margin),
+                refresh_at: Instant::now() + fresh_for,
             },
         );
         Ok(value)
@@ -444,20 +432,7 @@ impl IntuneChallenge {
         let body = read_limited(response, MAX_ANSWER)
             .await
             .map_err(|e| format!("service discovery: {e}"))?;
-        let answer: Value = serde_json::from_slice(&body)
-            .map_err(|_| "service discovery: unreadable answer".to_owned())?;
-        let map: HashMap<String, String> = answer
-            .get("value")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                Some((
-                    e.get("providerName")?.as_str()?.to_ascii_lowercase(),
-                    e.get("uri")?.as_str()?.to_owned(),
-                ))
-            })
-            .collect();
+        let map = read_discovery(&body)?;
         let map = Arc::new(map);
         *self.lock_endpoints() = Some(map.clone());
         Ok(map)
@@ -510,28 +485,80 @@ impl IntuneChallenge {
                 status.as_u16()
             )));
         }
-        let answer: Value = serde_json::from_slice(&answer)
-            .map_err(|_| CallError::Unreachable(format!("{action}: unreadable answer")))?;
-        let code = answer
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or("Unknown");
-        if code == "Success" {
-            return Ok(());
-        }
-        let description = answer
-            .get("errorDescription")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        Err(CallError::Code(
-            http::truncate(code, 64),
-            http::truncate(description, 200),
-        ))
+        read_action(action, &answer)
     }
 
     fn csr_base64(ctx: &ChallengeContext<'_>) -> String {
         base64::engine::general_purpose::STANDARD.encode(ctx.csr.as_der())
     }
+}
+
+/// Reads Entra ID's token answer (`{"access_token", "expires_in", …}`): the token and
+/// how long to use it, five minutes short of `expires_in` (at half-life for tokens
+/// shorter than ten minutes; 300 s when it is missing). `expires_in` is capped at a
+/// day, so that an absurd value can neither overflow an `Instant` nor pin a token.
+pub(crate) fn read_token(
+    body: &[u8],
+) -> std::result::Result<(Zeroizing<String>, Duration), String> {
+    let answer: Value =
+        serde_json::from_slice(body).map_err(|_| "token endpoint: unreadable answer".to_owned())?;
+    let token = answer
+        .get("access_token")
+        .and_then(Value::as_str)
+        .ok_or("token endpoint: no access_token in the answer")?;
+    let lifetime = match answer.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(300)
+    .min(MAX_TOKEN_LIFETIME_SECS);
+    let margin = if lifetime > 600 { 300 } else { lifetime / 2 };
+    Ok((
+        Zeroizing::new(token.to_owned()),
+        Duration::from_secs(lifetime - margin),
+    ))
+}
+
+/// Reads Graph's service discovery answer (`{"value": [{"providerName", "uri"}, …]}`)
+/// into provider name (lower case) → base URI; entries without both are skipped.
+pub(crate) fn read_discovery(body: &[u8]) -> std::result::Result<HashMap<String, String>, String> {
+    let answer: Value = serde_json::from_slice(body)
+        .map_err(|_| "service discovery: unreadable answer".to_owned())?;
+    Ok(answer
+        .get("value")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e.get("providerName")?.as_str()?.to_ascii_lowercase(),
+                e.get("uri")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// Reads a ScepAction's answer (`{"code", "errorDescription"}`): `Success` or the
+/// code and description, both truncated (they reach failInfoText and the log).
+pub(crate) fn read_action(action: &str, body: &[u8]) -> std::result::Result<(), CallError> {
+    let answer: Value = serde_json::from_slice(body)
+        .map_err(|_| CallError::Unreachable(format!("{action}: unreadable answer")))?;
+    let code = answer
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown");
+    if code == "Success" {
+        return Ok(());
+    }
+    let description = answer
+        .get("errorDescription")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    Err(CallError::Code(
+        http::truncate(code, 64),
+        http::truncate(description, 200),
+    ))
 }
 
 /// Loads the certificate credential: the certificate's SHA-1 thumbprint (`x5t`) and its
@@ -639,4 +666,52 @@ impl Challenge for IntuneChallenge {
 /// For tests of the timestamp format: `certificateExpirationDateUtc` of `time`.
 pub fn expiration_text(time: SystemTime) -> String {
     http::utc_timestamp(time, ".0000000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lifetimes_are_believed_up_to_a_day() {
+        let read = |json: &str| read_token(json.as_bytes()).map(|(_, d)| d.as_secs());
+        assert_eq!(read(r#"{"access_token":"t","expires_in":3599}"#), Ok(3299));
+        assert_eq!(read(r#"{"access_token":"t","expires_in":"600"}"#), Ok(300));
+        assert_eq!(read(r#"{"access_token":"t"}"#), Ok(150));
+        // An absurd lifetime neither overflows an Instant nor keeps a token for ever.
+        let huge = read(r#"{"access_token":"t","expires_in":18446744073709551615}"#).unwrap();
+        assert_eq!(huge, MAX_TOKEN_LIFETIME_SECS - 300);
+        let _ = Instant::now() + Duration::from_secs(huge);
+        assert!(read(r#"{"expires_in":1}"#)
+            .unwrap_err()
+            .contains("access_token"));
+        assert!(read("not json").is_err());
+    }
+
+    #[test]
+    fn action_answers_are_success_or_a_truncated_code() {
+        assert!(read_action("a", br#"{"code":"Success","errorDescription":""}"#).is_ok());
+        let long = "x".repeat(1000);
+        let answer = format!(r#"{{"code":"{long}","errorDescription":"{long}"}}"#);
+        match read_action("a", answer.as_bytes()) {
+            Err(CallError::Code(code, description)) => {
+                assert!(code.len() <= 70 && description.len() <= 210)
+            }
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+        assert!(matches!(
+            read_action("a", b"[]"),
+            Err(CallError::Code(c, _)) if c == "Unknown"
+        ));
+        assert!(matches!(
+            read_action("a", b"{"),
+            Err(CallError::Unreachable(_))
+        ));
+        let map = read_discovery(
+            br#"{"value":[{"providerName":"ScepRequestValidationFEService","uri":"https://x"},{"uri":"y"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["sceprequestvalidationfeservice"], "https://x");
+    }
 }

@@ -29,6 +29,7 @@ use super::{presented, Challenge, ChallengeContext, Validated};
 use crate::ca::BoxFuture;
 use crate::config::ConfigError;
 use crate::error::{Error, Result};
+use crate::http::ClientCertificate;
 use crate::store::{sha256, OtpPut, OtpRecord, Store};
 
 /// `[challenge] mode = "one-time"`.
@@ -47,6 +48,10 @@ pub struct OneTimeConfig {
     /// Who may ask for passwords over HTTP. None: the admin endpoint answers 404.
     #[serde(default)]
     pub admin_tokens: Vec<AdminTokenConfig>,
+    /// Who may ask for passwords by mutual TLS: a client certificate verified against
+    /// `[server.tls] client_ca` and named here. Tokens and clients may be combined.
+    #[serde(default)]
+    pub admin_clients: Vec<AdminClientConfig>,
     #[serde(default)]
     pub policy: Option<super::policy::CsrPolicyConfig>,
 }
@@ -67,6 +72,27 @@ pub struct AdminTokenConfig {
     pub name: String,
     pub token_env: Option<String>,
     pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `[[challenge.admin_clients]]`: an admin client known by its TLS client certificate,
+/// by the certificate's SHA-256 fingerprint (pins one certificate) or by its subject
+/// commonName (any certificate `client_ca` issues with that name, so it survives
+/// renewal). Exactly one of the two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminClientConfig {
+    /// The requester its passwords count against (unless the request names one).
+    pub name: String,
+    /// Hex, with or without colons, as `openssl x509 -fingerprint -sha256` prints it.
+    pub sha256: Option<String>,
+    pub common_name: Option<String>,
+}
+
+/// How an admin client is recognised (see [`AdminClientConfig`]).
+#[derive(Debug, Clone)]
+enum ClientMatch {
+    Fingerprint([u8; 32]),
+    CommonName(String),
 }
 
 /// A password just made. The only time it exists in clear.
@@ -102,6 +128,8 @@ pub struct OneTimeChallenge {
     default_cn_pattern: Option<String>,
     /// (name, SHA-256 of the token).
     tokens: Vec<(String, [u8; 32])>,
+    /// (name, what its client certificate must be).
+    clients: Vec<(String, ClientMatch)>,
 }
 
 impl std::fmt::Debug for OneTimeChallenge {
@@ -110,6 +138,7 @@ impl std::fmt::Debug for OneTimeChallenge {
             .field("validity", &self.validity)
             .field("max_outstanding", &self.max_outstanding)
             .field("admin_tokens", &self.tokens.len())
+            .field("admin_clients", &self.clients.len())
             .finish_non_exhaustive()
     }
 }
@@ -147,18 +176,48 @@ impl OneTimeChallenge {
             }
             tokens.push((token.name.clone(), sha256(secret.as_bytes())));
         }
+        let mut clients = Vec::new();
+        for client in &config.admin_clients {
+            let matcher = match (&client.sha256, &client.common_name) {
+                (Some(hex), None) => {
+                    ClientMatch::Fingerprint(parse_fingerprint(hex).ok_or_else(|| {
+                        invalid("challenge.admin_clients", "sha256 must be 32 bytes of hex")
+                    })?)
+                }
+                (None, Some(cn)) if !cn.is_empty() => ClientMatch::CommonName(cn.clone()),
+                _ => {
+                    return Err(invalid(
+                        "challenge.admin_clients",
+                        "each admin client needs exactly one of sha256 or common_name",
+                    ))
+                }
+            };
+            clients.push((client.name.clone(), matcher));
+        }
         Ok(OneTimeChallenge {
             store,
             validity: Duration::from_secs(config.validity_secs),
             max_outstanding: config.max_outstanding_per_requester,
             default_cn_pattern: config.cn_pattern.clone(),
             tokens,
+            clients,
         })
     }
 
     /// Whether the HTTP admin endpoint is on (at least one token configured).
     pub fn admin_enabled(&self) -> bool {
-        !self.tokens.is_empty()
+        !self.tokens.is_empty() || !self.clients.is_empty()
+    }
+
+    /// The name of the admin client whose verified TLS certificate this is, if any.
+    pub fn authenticate_client(&self, client: &ClientCertificate) -> Option<&str> {
+        self.clients.iter().find_map(|(name, matcher)| {
+            let matched = match matcher {
+                ClientMatch::Fingerprint(f) => bool::from(f.ct_eq(&client.sha256)),
+                ClientMatch::CommonName(cn) => client.common_name.as_deref() == Some(cn),
+            };
+            matched.then_some(name.as_str())
+        })
     }
 
     /// The name of the admin token `presented` is, compared in constant time against
@@ -274,6 +333,12 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `AB:CD:…` or `abcd…` → 32 bytes.
+fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex_digits: String = text.chars().filter(|c| *c != ':').collect();
+    hex::decode(hex_digits).ok()?.try_into().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +352,52 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
         assert_ne!(*a, *b);
+    }
+
+    #[test]
+    fn admin_clients_match_by_fingerprint_or_common_name_only() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new(
+            Duration::from_secs(60),
+            1000,
+        ));
+        let cert = ClientCertificate {
+            sha256: [0xAB; 32],
+            common_name: Some("portal".into()),
+        };
+        let config = |clients: &str| -> OneTimeConfig { toml::from_str(clients).unwrap() };
+        let colons = vec!["AB"; 32].join(":");
+        let by_hash = OneTimeChallenge::new(
+            &config(&format!(
+                "[[admin_clients]]\nname = \"ops\"\nsha256 = \"{colons}\""
+            )),
+            store.clone(),
+        )
+        .unwrap();
+        assert!(by_hash.admin_enabled());
+        assert_eq!(by_hash.authenticate_client(&cert), Some("ops"));
+        let by_name = OneTimeChallenge::new(
+            &config("[[admin_clients]]\nname = \"mdm\"\ncommon_name = \"portal\""),
+            store.clone(),
+        )
+        .unwrap();
+        assert_eq!(by_name.authenticate_client(&cert), Some("mdm"));
+        let other = ClientCertificate {
+            sha256: [0xAC; 32],
+            common_name: Some("portal2".into()),
+        };
+        assert_eq!(by_hash.authenticate_client(&other), None);
+        assert_eq!(by_name.authenticate_client(&other), None);
+        for bad in [
+            "[[admin_clients]]\nname = \"x\"",
+            "[[admin_clients]]\nname = \"x\"\nsha256 = \"abcd\"",
+            "[[admin_clients]]\nname = \"x\"\ncommon_name = \"\"",
+            "[[admin_clients]]\nname = \"x\"\ncommon_name = \"a\"\nsha256 = \"00\"",
+        ] {
+            let error = OneTimeChallenge::new(&config(bad), store.clone()).unwrap_err();
+            assert!(
+                error.to_string().contains("admin_clients"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -87,14 +87,39 @@ struct ValidationRequest<'a> {
     timestamp: u64,
 }
 
-/// The webhook's answer.
-#[derive(Deserialize)]
-struct Answer {
+/// The webhook's answer: `{"allow": bool, "profile"?: name, "reason"?: text}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Answer {
     allow: bool,
     #[serde(default)]
     profile: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+}
+
+impl Answer {
+    /// Reads a 2xx answer's body; anything else than the JSON above is unreadable,
+    /// which the caller treats as an outage, never as a denial.
+    pub(crate) fn read(body: &[u8]) -> std::result::Result<Answer, String> {
+        serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))
+    }
+
+    /// What the answer means for the request: the profile it names, or a refusal with
+    /// the webhook's reason (truncated: it becomes failInfoText).
+    pub(crate) fn verdict(self) -> Result<Validated> {
+        if self.allow {
+            return Ok(Validated {
+                profile: self.profile,
+            });
+        }
+        let reason = self
+            .reason
+            .map(|r| http::truncate(&r, 200))
+            .unwrap_or_else(|| "no reason given".into());
+        Err(Error::Refused(format!(
+            "denied by the challenge webhook: {reason}"
+        )))
+    }
 }
 
 /// The notification (README, "Challenges").
@@ -224,7 +249,7 @@ impl WebhookChallenge {
             return Err(format!("answered HTTP {}", status.as_u16()));
         }
         let bytes = read_limited(response, MAX_ANSWER).await?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))
+        Answer::read(&bytes)
     }
 
     /// Sends a notification in the background: it must not delay or change the answer.
@@ -288,19 +313,7 @@ impl Challenge for WebhookChallenge {
                     .map_err(|e| Error::Unavailable(format!("challenge webhook: {e}")))?,
             );
             match self.ask(&body).await {
-                Ok(Answer {
-                    allow: true,
-                    profile,
-                    ..
-                }) => Ok(Validated { profile }),
-                Ok(Answer { reason, .. }) => {
-                    let reason = reason
-                        .map(|r| http::truncate(&r, 200))
-                        .unwrap_or_else(|| "no reason given".into());
-                    Err(Error::Refused(format!(
-                        "denied by the challenge webhook: {reason}"
-                    )))
-                }
+                Ok(answer) => answer.verdict(),
                 Err(why) => Err(Error::Unavailable(format!("challenge webhook: {why}"))),
             }
         })

@@ -6,8 +6,10 @@
 //! - `GET /certsrv/mscep_admin/` → a small HTML page with the password, for scripts and
 //!   people used to NDES.
 //!
-//! `Authorization: Bearer <token>` of a configured `[[challenge.admin_tokens]]`. Never
-//! open by default: without the one-time mode or without tokens both paths answer 404;
+//! Authenticated by a TLS client certificate that `[server.tls] client_ca` verified and
+//! a `[[challenge.admin_clients]]` names (mutual TLS), or by `Authorization: Bearer
+//! <token>` of a configured `[[challenge.admin_tokens]]`. Never open by default: without
+//! the one-time mode or without clients and tokens both paths answer 404;
 //! a missing or wrong token 401; a full cache 429 ("password cache full"); a store
 //! outage 503.
 
@@ -47,6 +49,12 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
         (&Method::POST, false) | (&Method::GET, true) => {}
         _ => return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
+    // Mutual TLS first: a certificate `[server.tls] client_ca` verified and
+    // `[[challenge.admin_clients]]` names; otherwise a bearer token.
+    let by_certificate = request
+        .extensions()
+        .get::<std::sync::Arc<super::ClientCertificate>>()
+        .and_then(|client| one_time.authenticate_client(client));
     let presented = request
         .headers()
         .get(AUTHORIZATION)
@@ -56,8 +64,10 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let Some(token_name) = presented.and_then(|t| one_time.authenticate(t)) else {
-        tracing::warn!(path = %request.uri().path(), "admin request refused: missing or wrong bearer token");
+    let Some(token_name) =
+        by_certificate.or_else(|| presented.and_then(|t| one_time.authenticate(t)))
+    else {
+        tracing::warn!(path = %request.uri().path(), "admin request refused: no known client certificate and a missing or wrong bearer token");
         let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
         response
             .headers_mut()

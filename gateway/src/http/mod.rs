@@ -16,3 +16,32 @@ pub mod server;
 /// validators receive it as the client address).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The client certificate a TLS connection presented and `[server.tls] client_ca`
+/// verified, put in every request's extensions of that connection. Only the one-time
+/// password admin endpoint uses it (mutual TLS instead of a bearer token); SCEP
+/// devices present none and need none.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// SHA-256 of the DER certificate.
+    pub sha256: [u8; 32],
+    /// The subject's first commonName, if any.
+    pub common_name: Option<String>,
+}
+
+impl ClientCertificate {
+    pub fn from_der(der: &[u8]) -> Self {
+        use der::Decode;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest.as_ref());
+        let common_name = crate::ca::certificate::ParsedCertificate::from_der(der)
+            .ok()
+            .and_then(|c| x509_cert::name::Name::from_der(c.subject).ok())
+            .and_then(|name| name.common_name().ok().flatten().map(String::from));
+        ClientCertificate {
+            sha256,
+            common_name,
+        }
+    }
+}

@@ -172,13 +172,18 @@ impl Server {
             tokio::spawn(async move {
                 let _permit = permit;
                 // Each request takes the gateway current when it arrives (see `reload`).
-                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(super::PeerAddr(peer));
-                    routes::handle(live.clone(), limits, role, req)
-                });
+                let service = |client: Option<Arc<super::ClientCertificate>>| {
+                    service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(super::PeerAddr(peer));
+                        if let Some(client) = &client {
+                            req.extensions_mut().insert(client.clone());
+                        }
+                        routes::handle(live.clone(), limits, role, req)
+                    })
+                };
                 let result = match tls {
                     None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let conn = builder.serve_connection(TokioIo::new(stream), service(None));
                         watcher.watch(conn.into_owned()).await
                     }
                     Some(acceptor) => {
@@ -196,7 +201,14 @@ impl Server {
                                     return;
                                 }
                             };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        // Verified against `client_ca` by the handshake, if one was sent.
+                        let client = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(<[_]>::first)
+                            .map(|leaf| Arc::new(super::ClientCertificate::from_der(leaf)));
+                        let conn = builder.serve_connection(TokioIo::new(stream), service(client));
                         watcher.watch(conn.into_owned()).await
                     }
                 };
@@ -242,12 +254,41 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| file_error("server.tls.key", &tls.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| file_error("server.tls", &tls.certificate, e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(tls, provider.clone())?)
         .with_single_cert(certs, key)
         .map_err(|e| file_error("server.tls.key", &tls.key, e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// `[server.tls] client_ca`: ask for a client certificate and verify it against these
+/// CAs, but let clients without one in (devices); without `client_ca`, ask nobody.
+fn client_verifier(
+    tls: &TlsConfig,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ConfigError> {
+    let Some(path) = &tls.client_ca else {
+        return Ok(rustls::server::WebPkiClientVerifier::no_client_auth());
+    };
+    let error = |reason: String| ConfigError::File {
+        setting: "server.tls.client_ca",
+        path: path.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| error(e.to_string()))?)
+            .map_err(|e| error(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(error("holds no certificate".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| error(e.to_string()))
 }

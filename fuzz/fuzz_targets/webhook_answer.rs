@@ -1,0 +1,6 @@
+//! Target `webhook_answer`: see `scep_gateway::fuzzing::webhook_answer` for what it exercises.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    scep_gateway::fuzzing::webhook_answer(data);
+});
