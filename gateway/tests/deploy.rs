@@ -1,5 +1,5 @@
 //! Offline checks of `deploy/`: every YAML parses, every kustomization names files that
-//! exist, each overlay renders (`kubectl kustomize`, when kubectl is installed) into
+//! exist, each overlay renders (`kubectl kustomize`) into
 //! manifests that keep the deployment policy (probes on the admin port, non-root
 //! read-only container, secrets by reference, grace period above the drain), the
 //! ConfigMap's gateway.toml loads with the gateway's own parser, and the alert rules and
@@ -73,6 +73,19 @@ fn every_yaml_parses_and_kustomizations_name_existing_files() {
     for file in &files {
         let docs = yaml_docs(&std::fs::read(file).unwrap());
         assert!(!docs.is_empty(), "{} is empty", file.display());
+        // A JSON 6902 patch (kustomization `patchesJson6902`) is a list of operations.
+        if file.to_string_lossy().ends_with(".patch.yaml") {
+            let ops = docs[0].as_array().expect("a JSON patch is a list");
+            assert!(
+                !ops.is_empty()
+                    && ops
+                        .iter()
+                        .all(|o| o["op"].is_string() && o["path"].is_string()),
+                "{}: not a JSON patch",
+                file.display()
+            );
+            continue;
+        }
         for doc in &docs {
             assert!(
                 doc["apiVersion"].is_string() && doc["kind"].is_string(),
@@ -86,7 +99,13 @@ fn every_yaml_parses_and_kustomizations_name_existing_files() {
         let k = &docs[0];
         let dir = file.parent().unwrap();
         let mut named: Vec<&str> = Vec::new();
-        for list in ["resources", "patches", "configMapGenerator"] {
+        for list in [
+            "bases",
+            "resources",
+            "patchesStrategicMerge",
+            "patchesJson6902",
+            "configMapGenerator",
+        ] {
             for item in k[list].as_array().into_iter().flatten() {
                 match item {
                     Value::String(p) => named.push(p),
@@ -119,43 +138,20 @@ fn every_yaml_parses_and_kustomizations_name_existing_files() {
     assert!(!dockerfile.to_lowercase().contains("gateway.toml /"));
 }
 
-/// The manifests of an overlay: rendered by `kubectl kustomize` when kubectl is
-/// installed (it is not a Debian package: see the README); else the base's files as they
-/// are, which the policy checks can still read (the overlays' patches go unchecked).
-fn manifests(overlay: &str) -> (Vec<Value>, bool) {
-    let kubectl = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    if let Some(kubectl) = kubectl {
-        let out = Command::new(kubectl)
-            .arg("kustomize")
-            .arg(deploy().join("kubernetes/overlays").join(overlay))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl kustomize {overlay}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return (yaml_docs(&out.stdout), true);
-    }
-    eprintln!("kubectl is not installed: checking the base's files, not the rendered {overlay}");
-    let mut files = Vec::new();
-    yaml_files(&deploy().join("kubernetes/base"), &mut files);
-    let mut docs = Vec::new();
-    for file in files.iter().filter(|f| !f.ends_with("kustomization.yaml")) {
-        docs.extend(yaml_docs(&std::fs::read(file).unwrap()));
-    }
-    // The ConfigMap comes from a generator: build it as kustomize would.
-    let toml = std::fs::read_to_string(deploy().join("kubernetes/base/gateway.toml")).unwrap();
-    docs.push(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "scep-gateway-config"},
-        "data": {"gateway.toml": toml},
-    }));
-    (docs, false)
+/// The manifests of an overlay, rendered by `kubectl kustomize` (scripts/test-all
+/// installs Debian's kubectl when none is there).
+fn manifests(overlay: &str) -> Vec<Value> {
+    let out = Command::new(require_tool("kubectl"))
+        .arg("kustomize")
+        .arg(deploy().join("kubernetes/overlays").join(overlay))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_docs(&out.stdout)
 }
 
 fn one<'a>(docs: &'a [Value], kind: &str, name_prefix: &str) -> &'a Value {
@@ -173,7 +169,7 @@ fn one<'a>(docs: &'a [Value], kind: &str, name_prefix: &str) -> &'a Value {
 }
 
 fn check_overlay(overlay: &str) {
-    let (docs, rendered) = manifests(overlay);
+    let docs = manifests(overlay);
     let config_map = one(&docs, "ConfigMap", "scep-gateway-config");
     let toml = config_map["data"]["gateway.toml"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -300,10 +296,6 @@ fn check_overlay(overlay: &str) {
         .iter()
         .any(|p| p["name"] == "metrics" && p["targetPort"] == "admin"));
 
-    if !rendered {
-        assert!(replicas >= 2);
-        return;
-    }
     match overlay {
         "dev" => {
             assert_eq!(replicas, 1);
@@ -435,11 +427,9 @@ fn alert_rules_and_dashboard_use_defined_and_documented_metrics() {
     ] {
         assert!(alerts.contains(wanted), "{wanted} missing: {alerts:?}");
     }
-    // promtool, when installed, checks the PromQL itself.
-    if let Some(promtool) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("promtool"))
-        .find(|p| p.is_file())
+    // promtool (Debian `prometheus`, installed by scripts/test-all) checks the PromQL itself.
     {
+        let promtool = require_tool("promtool");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("rules.json");
         std::fs::write(&file, rules[0]["spec"].to_string()).unwrap();
@@ -476,45 +466,26 @@ fn alert_rules_and_dashboard_use_defined_and_documented_metrics() {
 }
 
 /// Every manifest validates against the Kubernetes API schemas, offline (PyPI
-/// `kubernetes-validate`, installed by scripts/test-all): the rendered overlays when
-/// kubectl can render them, else each file of the base.
+/// `kubernetes-validate`, installed by scripts/test-all): the rendered overlays.
 #[test]
 fn the_manifests_validate_against_the_kubernetes_schemas() {
     let validate = require_tool("kubernetes-validate");
     let dir = tempfile::tempdir().unwrap();
     let mut targets = Vec::new();
-    let kubectl = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    match kubectl {
-        Some(kubectl) => {
-            for overlay in ["dev", "production"] {
-                let out = Command::new(&kubectl)
-                    .arg("kustomize")
-                    .arg(deploy().join("kubernetes/overlays").join(overlay))
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let file = dir.path().join(format!("{overlay}.yaml"));
-                std::fs::write(&file, out.stdout).unwrap();
-                targets.push(file);
-            }
-        }
-        None => {
-            let mut files = Vec::new();
-            yaml_files(&deploy().join("kubernetes/base"), &mut files);
-            targets.extend(
-                files
-                    .into_iter()
-                    .filter(|f| !f.ends_with("kustomization.yaml")),
-            );
-        }
+    for overlay in ["dev", "production"] {
+        let out = Command::new(require_tool("kubectl"))
+            .arg("kustomize")
+            .arg(deploy().join("kubernetes/overlays").join(overlay))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dir.path().join(format!("{overlay}.yaml"));
+        std::fs::write(&file, out.stdout).unwrap();
+        targets.push(file);
     }
     for target in targets {
         let out = Command::new(&validate)
