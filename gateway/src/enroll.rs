@@ -68,6 +68,9 @@ pub async fn pki_operation_from(
     tokio::task::spawn_blocking(move || {
         // The requester's key is parsed once for its three uses (see public_keys).
         let _keys = public_keys::scope();
+        // A shared store may block this thread on its I/O: cheaper than waking the
+        // reactor for each round trip (see store::blocking_scope).
+        let _store = crate::store::blocking_scope();
         handle.block_on(operation(gateway, message, client_addr))
     })
     .await

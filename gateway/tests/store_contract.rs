@@ -1,5 +1,6 @@
 //! One contract, two stores: every body here runs against the in-process `MemoryStore`
-//! and against `RedisStore` on a real `redis-server`, so that a replica fleet behaves
+//! and against `RedisStore` on a real `redis-server`, both over its async connection and
+//! over the blocking connections a PKIOperation uses, so that a replica fleet behaves
 //! exactly like one node. Plus the outage behaviour only Redis has.
 
 mod common;
@@ -31,7 +32,7 @@ fn redis_store(server: &RedisServer, timeout: Duration) -> RedisStore {
     .unwrap()
 }
 
-/// Generates `memory` and `redis` tests running `$body(store)`.
+/// Generates `memory`, `redis` and `redis_blocking` tests running `$body(store)`.
 macro_rules! both_stores {
     ($name:ident) => {
         mod $name {
@@ -50,8 +51,33 @@ macro_rules! both_stores {
                 let store: Arc<dyn Store> = Arc::new(redis_store(&server, Duration::from_secs(2)));
                 super::$name(store).await;
             }
+
+            /// As a PKIOperation calls the store: its blocking connections.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_blocking() {
+                let server = RedisServer::start();
+                let store: Arc<dyn Store> = Arc::new(redis_store(&server, Duration::from_secs(2)));
+                on_blocking_thread(super::$name(store)).await;
+                drop(server);
+            }
         }
     };
+}
+
+/// Runs `body` as `enroll.rs` runs a PKIOperation: on a tokio blocking-pool thread
+/// inside `store::blocking_scope`, where `RedisStore` uses its blocking connections.
+/// (Tasks the body spawns run on worker threads, over the async connection.)
+async fn on_blocking_thread<F>(body: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _scope = scep_gateway::store::blocking_scope();
+        handle.block_on(body)
+    })
+    .await
+    .unwrap();
 }
 
 both_stores!(a_claim_is_won_once_then_replayed);
@@ -302,6 +328,17 @@ async fn fifty_concurrent_takes_have_one_winner(store: Arc<dyn Store>) {
 /// hangs; Redis back on the same port: the same store works again, no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_is_unavailable_within_the_timeout_then_recovers() {
+    outage_then_recovery().await;
+}
+
+/// The same over the blocking connections: a pooled connection to the dead Redis is
+/// dropped, and a new one is made when Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_on_the_blocking_path_then_recovers() {
+    on_blocking_thread(outage_then_recovery()).await;
+}
+
+async fn outage_then_recovery() {
     let mut server = RedisServer::start();
     let timeout = Duration::from_millis(500);
     let store = redis_store(&server, timeout);
@@ -351,7 +388,17 @@ async fn redis_over_tls_with_a_password() {
     };
     let store: Arc<dyn Store> = Arc::new(connect("s3cret-pw"));
     store.health().await.unwrap();
-    a_claim_is_won_once_then_replayed(store).await;
+    a_claim_is_won_once_then_replayed(store.clone()).await;
+    // And over the blocking connections (TLS and AUTH on each new connection).
+    let again = key("tls-blocking", b"key-a");
+    on_blocking_thread(async move {
+        assert_eq!(store.claim(&again, LEASE).await.unwrap(), Claim::Won);
+        assert_eq!(
+            store.claim(&again, LEASE).await.unwrap(),
+            Claim::Existing(Record::InProgress)
+        );
+    })
+    .await;
 
     let wrong = connect("not-it");
     let error = wrong.health().await.unwrap_err();

@@ -114,6 +114,44 @@ fn no_otp<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
     ))))
 }
 
+thread_local! {
+    /// Set by [`blocking_scope`]; read by [`may_block`].
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While the returned guard lives, store calls made *on this thread* may do their
+/// network I/O synchronously, blocking the thread.
+///
+/// Only `enroll.rs` takes it, on the tokio blocking-pool thread that runs a whole
+/// PKIOperation (`Handle::block_on`). There a shared store talks to Redis over a plain
+/// blocking connection (write, then sleep in `read` until the answer): one wake-up per
+/// round trip, where the async connection costs four or five cross-thread wake-ups
+/// (blocking thread → connection task on a worker → back), which on a VM cost more CPU
+/// than the Redis command itself (bench/README.md, "Redis store"). Worker threads never
+/// hold the guard, so nothing blocks the reactor.
+pub fn blocking_scope() -> BlockingScope {
+    BlockingScope {
+        previous: MAY_BLOCK.with(|b| b.replace(true)),
+    }
+}
+
+/// See [`blocking_scope`].
+#[must_use = "the scope ends when the guard is dropped"]
+pub struct BlockingScope {
+    previous: bool,
+}
+
+impl Drop for BlockingScope {
+    fn drop(&mut self) {
+        MAY_BLOCK.with(|b| b.set(self.previous));
+    }
+}
+
+/// Whether this thread is inside a [`blocking_scope`].
+pub(crate) fn may_block() -> bool {
+    MAY_BLOCK.with(std::cell::Cell::get)
+}
+
 /// The transaction store.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Atomically claims `key` for `lease` if it is unknown; otherwise tells what is known.

@@ -16,8 +16,18 @@
 //!
 //! Every call is bounded by `command_timeout`: when Redis is down the caller gets
 //! [`Error::Unavailable`] (HTTP 503, nothing issued, the client retries) — never a hang,
-//! and never an issuance without a claim. The `ConnectionManager` reconnects by itself,
-//! so the service resumes without a restart.
+//! and never an issuance without a claim. The service resumes without a restart.
+//!
+//! Two kinds of connection, one set of commands ([`Command`]):
+//! - the PKIOperation path runs on tokio's blocking pool inside
+//!   [`super::blocking_scope`]; there each call takes a plain blocking connection from a
+//!   small pool (made on demand, dropped after any error, so a Redis restart costs one
+//!   failed call at most, retried at once on a new connection);
+//! - everything else (readiness, the admin endpoint, background polling) uses the
+//!   async `ConnectionManager`, which reconnects by itself.
+//!
+//! The blocking path exists for CPU, not latency: a round trip through the async
+//! connection wakes four or five threads (bench/README.md, "Redis store").
 //!
 //! Keys (`prefix` defaults to `scep:`):
 //! ```text
@@ -35,7 +45,6 @@
 //! <https://redis.io/docs/latest/commands/getdel/>): of any concurrent takes exactly one
 //! gets the record, which is what makes a password single-use across replicas.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +113,11 @@ impl std::fmt::Debug for RedisSettings {
 /// Transactions and issued certificates in Redis.
 pub struct RedisStore {
     manager: ConnectionManager,
+    /// For the blocking connections of [`super::blocking_scope`] threads.
+    client: Client,
+    /// Idle blocking connections, at most [`MAX_IDLE_BLOCKING`]. The lock is held only
+    /// to push or pop, never across I/O.
+    idle: std::sync::Mutex<Vec<redis::Connection>>,
     /// The URL without its password, for logs and errors.
     endpoint: String,
     prefix: String,
@@ -162,9 +176,12 @@ impl RedisStore {
             // backoff short so that the service resumes within a second of Redis.
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(invalid)?;
         Ok(RedisStore {
             manager,
+            client,
+            idle: std::sync::Mutex::new(Vec::new()),
             endpoint,
             prefix: settings.key_prefix,
             timeout: settings.command_timeout,
@@ -216,40 +233,170 @@ impl RedisStore {
         millis(self.ttl)
     }
 
-    /// Runs one store operation within the timeout, retrying once on a connection error
-    /// (the first command after Redis comes back fails while the manager reconnects).
-    /// Retrying is safe for every operation here: a claim whose first SET did land
+    /// Runs one store command within the timeout, retrying once on a connection error
+    /// (the first command after Redis comes back fails while the connection is made
+    /// again). Retrying is safe for every command here: a claim whose first SET did land
     /// answers Existing(InProgress) with our own key hash, i.e. PENDING, never a second
     /// issuance.
-    async fn call<T, F, Fut>(&self, op: &'static str, run: F) -> Result<T>
-    where
-        F: Fn(ConnectionManager) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
+    ///
+    /// On a [`super::blocking_scope`] thread the command goes over a pooled blocking
+    /// connection; everywhere else over the async connection manager.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        command: Command<'_>,
+    ) -> Result<T> {
         let started = Instant::now();
+        let result = if super::may_block() {
+            self.call_blocking(&command)
+        } else {
+            self.call_async(&command).await
+        };
+        let result = result.map_err(|e| {
+            Error::Unavailable(match e {
+                Failure::Timeout => format!(
+                    "redis store {}: {op}: no answer within {} ms",
+                    self.endpoint,
+                    self.timeout.as_millis()
+                ),
+                Failure::Redis(e) => format!("redis store {}: {op}: {e}", self.endpoint),
+            })
+        });
+        observe::command("redis", op, started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn call_async<T: redis::FromRedisValue>(
+        &self,
+        command: &Command<'_>,
+    ) -> std::result::Result<T, Failure> {
         let attempts = async {
-            match run(self.manager.clone()).await {
+            match command.run_async(self.manager.clone()).await {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    run(self.manager.clone()).await
+                    command.run_async(self.manager.clone()).await
                 }
                 other => other,
             }
         };
-        let result = match tokio::time::timeout(self.timeout, attempts).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Error::Unavailable(format!(
-                "redis store {}: {op}: {e}",
-                self.endpoint
-            ))),
-            Err(_) => Err(Error::Unavailable(format!(
-                "redis store {}: {op}: no answer within {} ms",
-                self.endpoint,
-                self.timeout.as_millis()
-            ))),
+        match tokio::time::timeout(self.timeout, attempts).await {
+            Ok(result) => result.map_err(Failure::Redis),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    /// The blocking path: an idle pooled connection (or a new one), read and write
+    /// timeouts set to what is left of the command timeout. A connection goes back to
+    /// the pool only after a clean answer; after any error its state is unknown and it
+    /// is dropped. A pooled connection that fails on I/O (Redis restarted since) is
+    /// replaced by a new one once, within the same deadline.
+    fn call_blocking<T: redis::FromRedisValue>(
+        &self,
+        command: &Command<'_>,
+    ) -> std::result::Result<T, Failure> {
+        let deadline = Instant::now() + self.timeout;
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let retry_allowed = pooled.is_some();
+        let mut connection = match pooled {
+            Some(c) => c,
+            None => self.connect_blocking(deadline)?,
         };
-        observe::command("redis", op, started.elapsed(), result.is_ok());
+        let result = match run_blocking(command, &mut connection, deadline) {
+            Err(Failure::Redis(e))
+                if retry_allowed && (e.is_io_error() || e.is_connection_dropped()) =>
+            {
+                connection = self.connect_blocking(deadline)?;
+                run_blocking(command, &mut connection, deadline)
+            }
+            other => other,
+        };
+        if result.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_BLOCKING {
+                idle.push(connection);
+            }
+        }
         result
     }
+
+    fn connect_blocking(
+        &self,
+        deadline: Instant,
+    ) -> std::result::Result<redis::Connection, Failure> {
+        let left = remaining(deadline)?;
+        self.client.get_connection_with_timeout(left).map_err(|e| {
+            if e.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Redis(e)
+            }
+        })
+    }
+}
+
+/// Idle blocking connections kept per store: enough for the PKIOperations a replica runs
+/// at once in practice; beyond it a connection is closed after use.
+const MAX_IDLE_BLOCKING: usize = 64;
+
+/// One Redis command, pipeline or script call, run over either kind of connection.
+enum Command<'a> {
+    Cmd(redis::Cmd),
+    Pipe(redis::Pipeline),
+    Script(redis::ScriptInvocation<'a>),
+}
+
+impl Command<'_> {
+    async fn run_async<T: redis::FromRedisValue>(
+        &self,
+        mut connection: ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Command::Cmd(c) => c.query_async(&mut connection).await,
+            Command::Pipe(p) => p.query_async(&mut connection).await,
+            Command::Script(s) => s.invoke_async(&mut connection).await,
+        }
+    }
+}
+
+/// Why a command failed: [`RedisStore::call`] names it.
+enum Failure {
+    Timeout,
+    Redis(RedisError),
+}
+
+fn remaining(deadline: Instant) -> std::result::Result<Duration, Failure> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(Failure::Timeout)
+    } else {
+        Ok(left)
+    }
+}
+
+fn run_blocking<T: redis::FromRedisValue>(
+    command: &Command<'_>,
+    connection: &mut redis::Connection,
+    deadline: Instant,
+) -> std::result::Result<T, Failure> {
+    let left = remaining(deadline)?;
+    let redis_error = |e: RedisError| {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else {
+            Failure::Redis(e)
+        }
+    };
+    connection
+        .set_read_timeout(Some(left))
+        .map_err(redis_error)?;
+    connection
+        .set_write_timeout(Some(left))
+        .map_err(redis_error)?;
+    match command {
+        Command::Cmd(c) => c.query(connection),
+        Command::Pipe(p) => p.query(connection),
+        Command::Script(s) => s.invoke(connection),
+    }
+    .map_err(redis_error)
 }
 
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error) and within Redis' range.
@@ -270,7 +417,7 @@ impl Store for RedisStore {
             let value = codec::encode(&key.key_hash, &Record::InProgress);
             let lease_ms = millis(lease);
             let old: Option<Vec<u8>> = self
-                .call("claim", |mut conn| {
+                .call("claim", {
                     let mut cmd = redis::cmd("SET");
                     cmd.arg(&redis_key)
                         .arg(&value)
@@ -278,7 +425,7 @@ impl Store for RedisStore {
                         .arg("PX")
                         .arg(lease_ms)
                         .arg("GET");
-                    async move { cmd.query_async(&mut conn).await }
+                    Command::Cmd(cmd)
                 })
                 .await?;
             match old {
@@ -300,12 +447,9 @@ impl Store for RedisStore {
             let redis_key = self.transaction_key(key);
             let value = codec::encode(&key.key_hash, &record);
             let ttl = self.ttl_ms();
-            self.call("finish", |mut conn| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(&redis_key).arg(&value).arg("PX").arg(ttl);
-                async move { cmd.query_async::<()>(&mut conn).await }
-            })
-            .await
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&redis_key).arg(&value).arg("PX").arg(ttl);
+            self.call("finish", Command::Cmd(cmd)).await
         })
     }
 
@@ -313,13 +457,11 @@ impl Store for RedisStore {
         Box::pin(async move {
             let redis_key = self.transaction_key(key);
             let ours = codec::encode(&key.key_hash, &Record::InProgress);
-            self.call("release", |mut conn| {
-                let mut invocation = self.release.prepare_invoke();
-                invocation.key(&redis_key).arg(&ours);
-                async move { invocation.invoke_async::<i64>(&mut conn).await }
-            })
-            .await
-            .map(drop)
+            let mut invocation = self.release.prepare_invoke();
+            invocation.key(&redis_key).arg(&ours);
+            self.call::<i64>("release", Command::Script(invocation))
+                .await
+                .map(drop)
         })
     }
 
@@ -327,11 +469,10 @@ impl Store for RedisStore {
         Box::pin(async move {
             let redis_key = self.transaction_key(key);
             let found: Option<Vec<u8>> = self
-                .call("get", |mut conn| {
-                    let mut cmd = redis::cmd("GET");
-                    cmd.arg(&redis_key);
-                    async move { cmd.query_async(&mut conn).await }
-                })
+                .call(
+                    "get",
+                    Command::Cmd(redis::cmd("GET").arg(&redis_key).clone()),
+                )
                 .await?;
             match found {
                 None => Ok(None),
@@ -352,12 +493,9 @@ impl Store for RedisStore {
         Box::pin(async move {
             let redis_key = self.certificate_key(issuer, serial);
             let ttl = self.ttl_ms();
-            self.call("put_certificate", |mut conn| {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(&redis_key).arg(&*certificate).arg("PX").arg(ttl);
-                async move { cmd.query_async::<()>(&mut conn).await }
-            })
-            .await
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&redis_key).arg(&*certificate).arg("PX").arg(ttl);
+            self.call("put_certificate", Command::Cmd(cmd)).await
         })
     }
 
@@ -369,11 +507,10 @@ impl Store for RedisStore {
         Box::pin(async move {
             let redis_key = self.certificate_key(issuer, serial);
             let found: Option<Vec<u8>> = self
-                .call("certificate", |mut conn| {
-                    let mut cmd = redis::cmd("GET");
-                    cmd.arg(&redis_key);
-                    async move { cmd.query_async(&mut conn).await }
-                })
+                .call(
+                    "certificate",
+                    Command::Cmd(redis::cmd("GET").arg(&redis_key).clone()),
+                )
                 .await?;
             Ok(found.map(Arc::from))
         })
@@ -397,23 +534,20 @@ impl Store for RedisStore {
                 },
             );
             let ttl = self.ttl_ms();
-            self.call("issued", |mut conn| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET")
-                    .arg(&cert_key)
-                    .arg(&*certificate)
-                    .arg("PX")
-                    .arg(ttl)
-                    .ignore()
-                    .cmd("SET")
-                    .arg(&tx_key)
-                    .arg(&record)
-                    .arg("PX")
-                    .arg(ttl)
-                    .ignore();
-                async move { pipe.exec_async(&mut conn).await }
-            })
-            .await
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(&cert_key)
+                .arg(&*certificate)
+                .arg("PX")
+                .arg(ttl)
+                .ignore()
+                .cmd("SET")
+                .arg(&tx_key)
+                .arg(&record)
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+            self.call("issued", Command::Pipe(pipe)).await
         })
     }
 
@@ -432,7 +566,7 @@ impl Store for RedisStore {
             let ttl_ms = millis(ttl);
             let member = hex::encode(hash);
             let stored: i64 = self
-                .call("put_otp", |mut conn| {
+                .call("put_otp", {
                     let mut invocation = self.put_otp.prepare_invoke();
                     invocation
                         .key(&otp_key)
@@ -441,7 +575,7 @@ impl Store for RedisStore {
                         .arg(ttl_ms)
                         .arg(max_outstanding)
                         .arg(&member);
-                    async move { invocation.invoke_async::<i64>(&mut conn).await }
+                    Command::Script(invocation)
                 })
                 .await?;
             Ok(if stored == 1 {
@@ -456,11 +590,10 @@ impl Store for RedisStore {
         Box::pin(async move {
             let otp_key = self.otp_key(hash);
             let taken: Option<Vec<u8>> = self
-                .call("take_otp", |mut conn| {
-                    let mut cmd = redis::cmd("GETDEL");
-                    cmd.arg(&otp_key);
-                    async move { cmd.query_async(&mut conn).await }
-                })
+                .call(
+                    "take_otp",
+                    Command::Cmd(redis::cmd("GETDEL").arg(&otp_key).clone()),
+                )
                 .await?;
             let Some(bytes) = taken else {
                 return Ok(None);
@@ -475,11 +608,10 @@ impl Store for RedisStore {
             let set_key = self.otp_requester_key(&record.requester);
             let member = hex::encode(hash);
             if let Err(e) = self
-                .call("take_otp_count", |mut conn| {
-                    let mut cmd = redis::cmd("ZREM");
-                    cmd.arg(&set_key).arg(&member);
-                    async move { cmd.query_async::<i64>(&mut conn).await }
-                })
+                .call::<i64>(
+                    "take_otp_count",
+                    Command::Cmd(redis::cmd("ZREM").arg(&set_key).arg(&member).clone()),
+                )
                 .await
             {
                 tracing::warn!(error = %e, "a spent one-time password still counts for its requester until it expires");
@@ -494,23 +626,15 @@ impl Store for RedisStore {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            self.call("outstanding_otps", |mut conn| {
-                let mut cmd = redis::cmd("ZCOUNT");
-                cmd.arg(&set_key).arg(format!("({now_ms}")).arg("+inf");
-                async move { cmd.query_async::<usize>(&mut conn).await }
-            })
-            .await
+            let mut cmd = redis::cmd("ZCOUNT");
+            cmd.arg(&set_key).arg(format!("({now_ms}")).arg("+inf");
+            self.call("outstanding_otps", Command::Cmd(cmd)).await
         })
     }
 
     /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>).
     fn health(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            self.call("ping", |mut conn| async move {
-                redis::cmd("PING").query_async::<()>(&mut conn).await
-            })
-            .await
-        })
+        Box::pin(async move { self.call("ping", Command::Cmd(redis::cmd("PING"))).await })
     }
 }
 
