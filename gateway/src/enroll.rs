@@ -1,8 +1,8 @@
 //! One PKIOperation, top to bottom (RFC 8894 §3.3): read the request, decide, answer.
 //!
 //! ```text
-//! parse ─▶ verify ─▶ open (RA key) ─▶ by messageType:
-//!   PKCSReq/RenewalReq: store.claim ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.issued
+//! parse ─▶ verify ─▶ (PKCSReq/RenewalReq: store.start_claim) ─▶ open (RA key) ─▶ by messageType:
+//!   PKCSReq/RenewalReq: claim answer ─▶ challenge or renewal check ─▶ ca.issue ─▶ store.issued
 //!   CertPoll:           store.get (a PendingUpstream record: ca.poll, once)
 //!   GetCert:            store.certificate
 //!   GetCRL:             ca.crl
@@ -32,7 +32,7 @@ use crate::scep::certrep::{self, Outcome};
 use crate::scep::message::MessageType;
 use crate::scep::request::{Request, RequestBody, RequestHeader, SignedRequest};
 use crate::service::Gateway;
-use crate::store::{observe, Claim, Record, TransactionKey};
+use crate::store::{observe, Claim, ClaimInFlight, Record, TransactionKey};
 
 /// What happened, for the request log and metrics.
 #[derive(Debug, Clone)]
@@ -100,12 +100,14 @@ async fn operation(
         detail: None,
         ca: None,
     };
-    // Parse, verify and decrypt.
+    // Parse, verify and decrypt; a PKCSReq's claim is sent before the decryption.
+    let mut early = None;
     let opened = SignedRequest::parse(&message).map(|signed| {
         let header = signed.header.clone();
-        let opened = signed
-            .verify()
-            .and_then(|()| signed.open(&gateway.ra, gateway.policy));
+        let opened = signed.verify().and_then(|()| {
+            early = Early::start(&gateway, &header);
+            signed.open(&gateway.ra, gateway.policy)
+        });
         (header, opened)
     });
 
@@ -131,7 +133,7 @@ async fn operation(
                 tracing::info!(transaction_id = %header.transaction_id, cipher = cipher.name(), "legacy content cipher used");
                 metrics::legacy_crypto(cipher.name());
             }
-            let outcome = decide(&gateway, request, client_addr, &mut answered_by).await;
+            let outcome = decide(&gateway, request, client_addr, early, &mut answered_by).await;
             (Some(cipher), outcome)
         }
         Err(e) => (None, Err(e)),
@@ -178,6 +180,7 @@ async fn decide(
     gateway: &Gateway,
     request: Request,
     client_addr: Option<SocketAddr>,
+    early: Option<Early<'_>>,
     answered_by: &mut Option<String>,
 ) -> Result<Outcome> {
     let header = &request.header;
@@ -189,7 +192,7 @@ async fn decide(
         (
             MessageType::PkcsReq | MessageType::RenewalReq,
             RequestBody::CertificationRequest(der),
-        ) => enroll(gateway, header, der, client_addr, answered_by).await,
+        ) => enroll(gateway, header, der, client_addr, early, answered_by).await,
         (MessageType::CertPoll, RequestBody::CertPoll { .. }) => {
             poll(gateway, header, answered_by).await
         }
@@ -229,12 +232,19 @@ async fn enroll(
     header: &RequestHeader,
     csr_der: &[u8],
     client_addr: Option<SocketAddr>,
+    early: Option<Early<'_>>,
     answered_by: &mut Option<String>,
 ) -> Result<Outcome> {
     let csr = CertificationRequest::from_der(csr_der)?;
-    let key = transaction_key(gateway, header)?;
+    let (key, in_flight) = match early {
+        Some(early) => (early.key, early.claim),
+        None => (transaction_key(gateway, header)?, None),
+    };
 
-    let claim = gateway.store.claim(&key, gateway.claim_lease).await?;
+    let claim = match in_flight {
+        Some(in_flight) => in_flight.finish()?,
+        None => gateway.store.claim(&key, gateway.claim_lease).await?,
+    };
     observe::claim(&claim);
     match claim {
         Claim::Won => {}
@@ -504,6 +514,30 @@ async fn poll(
 
 /// The transaction a request belongs to: its transactionID, its signer's key, and, when
 /// it is signed by a valid certificate of our CA (a renewal), that certificate.
+/// What a PKCSReq or RenewalReq knows before its envelope is opened: its transaction
+/// key, and the claim already on its way to a shared store (`Store::start_claim`), so
+/// that the store's round trip overlaps the RA decryption instead of following it.
+struct Early<'g> {
+    key: TransactionKey,
+    claim: Option<Box<dyn ClaimInFlight + 'g>>,
+}
+
+impl<'g> Early<'g> {
+    /// After the signature check, before the decryption. `None` for other message
+    /// types, or when the key cannot be made (`enroll` then says why).
+    fn start(gateway: &'g Gateway, header: &RequestHeader) -> Option<Self> {
+        if !matches!(
+            header.message_type,
+            MessageType::PkcsReq | MessageType::RenewalReq
+        ) {
+            return None;
+        }
+        let key = transaction_key(gateway, header).ok()?;
+        let claim = gateway.store.start_claim(&key, gateway.claim_lease);
+        Some(Early { key, claim })
+    }
+}
+
 fn transaction_key(gateway: &Gateway, header: &RequestHeader) -> Result<TransactionKey> {
     let signer = CertificateFields::parse(&header.signer_certificate)?;
     let renewing = gateway

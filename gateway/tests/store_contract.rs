@@ -421,3 +421,37 @@ async fn the_redis_password_is_never_shown() {
     assert!(!error.contains("hunter2"), "{error}");
     assert!(!format!("{store:?}").contains("hunter2"));
 }
+
+/// `start_claim` (the claim sent before the RA decryption): only on a blocking-scope
+/// thread; its answer is the claim's; dropped unread, a claim it won is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_started_early_answers_like_a_claim_and_releases_when_unused() {
+    let server = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(redis_store(&server, Duration::from_secs(2)));
+    // Outside the scope (a worker thread) there is nothing to overlap.
+    assert!(store.start_claim(&key("early-0", b"k"), LEASE).is_none());
+    // Memory store: never.
+    let memory = MemoryStore::new(Duration::from_secs(60), 100);
+    let checked = store.clone();
+    on_blocking_thread(async move {
+        let store = checked;
+        assert!(memory.start_claim(&key("early-0", b"k"), LEASE).is_none());
+        let k = key("early-1", b"key-a");
+        let first = store.start_claim(&k, LEASE).expect("sent");
+        assert_eq!(first.finish().unwrap(), Claim::Won);
+        let again = store.start_claim(&k, LEASE).expect("sent");
+        assert_eq!(again.finish().unwrap(), Claim::Existing(Record::InProgress));
+        let other = store.start_claim(&key("early-1", b"key-b"), LEASE).unwrap();
+        assert_eq!(other.finish().unwrap(), Claim::Conflict);
+
+        // Won but never read: released on drop, so the retry wins at once.
+        let unused = key("early-2", b"key-a");
+        drop(store.start_claim(&unused, LEASE).unwrap());
+        assert_eq!(store.claim(&unused, LEASE).await.unwrap(), Claim::Won);
+        // Someone else's claim is not released by a dropped one.
+        drop(store.start_claim(&unused, LEASE).unwrap());
+        assert_eq!(store.get(&unused).await.unwrap(), Some(Record::InProgress));
+    })
+    .await;
+    drop(server);
+}

@@ -152,6 +152,16 @@ pub(crate) fn may_block() -> bool {
     MAY_BLOCK.with(std::cell::Cell::get)
 }
 
+/// A claim sent by [`Store::start_claim`], its answer not read yet.
+///
+/// Dropped without [`finish`](ClaimInFlight::finish) (the request turned out invalid
+/// before it needed the claim), it reads the answer and releases a claim it won, so
+/// that the transaction is not held until its lease runs out.
+pub trait ClaimInFlight: Send {
+    /// The claim's answer, as [`Store::claim`] gives it (waits for the store's reply).
+    fn finish(self: Box<Self>) -> Result<Claim>;
+}
+
 /// The transaction store.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Atomically claims `key` for `lease` if it is unknown; otherwise tells what is known.
@@ -160,6 +170,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         key: &'a TransactionKey,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim>>;
+
+    /// Sends a claim now and reads its answer later ([`ClaimInFlight::finish`]), so that
+    /// a shared store's round trip runs while this thread decrypts the request
+    /// (`enroll.rs`). `None` when there is nothing to gain (an in-process store, a
+    /// thread outside [`blocking_scope`]) or the claim could not be sent: the caller then
+    /// calls [`Store::claim`] when it needs the answer.
+    fn start_claim<'a>(
+        &'a self,
+        _key: &TransactionKey,
+        _lease: Duration,
+    ) -> Option<Box<dyn ClaimInFlight + 'a>> {
+        None
+    }
 
     /// Records the final state of a claimed transaction (Issued or Pending).
     fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>>;

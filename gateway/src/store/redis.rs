@@ -51,7 +51,9 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{codec, observe, Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
+use super::{
+    codec, observe, Claim, ClaimInFlight, OtpPut, OtpRecord, Record, Store, TransactionKey,
+};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
 
@@ -252,18 +254,20 @@ impl RedisStore {
         } else {
             self.call_async(&command).await
         };
-        let result = result.map_err(|e| {
-            Error::Unavailable(match e {
-                Failure::Timeout => format!(
-                    "redis store {}: {op}: no answer within {} ms",
-                    self.endpoint,
-                    self.timeout.as_millis()
-                ),
-                Failure::Redis(e) => format!("redis store {}: {op}: {e}", self.endpoint),
-            })
-        });
+        let result = result.map_err(|e| self.unavailable(op, e));
         observe::command("redis", op, started.elapsed(), result.is_ok());
         result
+    }
+
+    fn unavailable(&self, op: &str, failure: Failure) -> Error {
+        Error::Unavailable(match failure {
+            Failure::Timeout => format!(
+                "redis store {}: {op}: no answer within {} ms",
+                self.endpoint,
+                self.timeout.as_millis()
+            ),
+            Failure::Redis(e) => format!("redis store {}: {op}: {e}", self.endpoint),
+        })
     }
 
     async fn call_async<T: redis::FromRedisValue>(
@@ -294,7 +298,7 @@ impl RedisStore {
         command: &Command<'_>,
     ) -> std::result::Result<T, Failure> {
         let deadline = Instant::now() + self.timeout;
-        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = self.idle_connection();
         let retry_allowed = pooled.is_some();
         let mut connection = match pooled {
             Some(c) => c,
@@ -310,12 +314,32 @@ impl RedisStore {
             other => other,
         };
         if result.is_ok() {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE_BLOCKING {
-                idle.push(connection);
-            }
+            self.return_connection(connection);
         }
         result
+    }
+
+    fn claim_command(&self, key: &TransactionKey, lease: Duration) -> redis::Cmd {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.transaction_key(key))
+            .arg(codec::encode(&key.key_hash, &Record::InProgress))
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease))
+            .arg("GET");
+        cmd
+    }
+
+    fn idle_connection(&self) -> Option<redis::Connection> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Back to the pool after a clean answer (beyond the bound it is closed).
+    fn return_connection(&self, connection: redis::Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_BLOCKING {
+            idle.push(connection);
+        }
     }
 
     fn connect_blocking(
@@ -399,6 +423,103 @@ fn run_blocking<T: redis::FromRedisValue>(
     .map_err(redis_error)
 }
 
+/// What a claim's `GET` part returned: nothing (won), or the record and whose it is.
+fn claim_answer(key: &TransactionKey, old: Option<Vec<u8>>) -> Result<Claim> {
+    match old {
+        None => Ok(Claim::Won),
+        Some(bytes) => {
+            let (owner, record) = codec::decode(&bytes)?;
+            Ok(if owner == key.key_hash {
+                Claim::Existing(record)
+            } else {
+                Claim::Conflict
+            })
+        }
+    }
+}
+
+/// A claim written by [`RedisStore::start_claim`], its answer still in the socket.
+struct RedisClaim<'a> {
+    store: &'a RedisStore,
+    key: TransactionKey,
+    lease: Duration,
+    /// `None` once the answer has been read.
+    connection: Option<redis::Connection>,
+    /// The time spent sending. The store latency metric of an early claim is what the
+    /// request waited on the store: this plus the wait for the answer, not the
+    /// decryption in between.
+    sending: Duration,
+    deadline: Instant,
+}
+
+impl RedisClaim<'_> {
+    /// Reads the answer; the connection goes back to the pool after a clean one.
+    fn read(&mut self) -> std::result::Result<Option<Vec<u8>>, Failure> {
+        let mut connection = self.connection.take().ok_or(Failure::Timeout)?;
+        let to_failure = |e: RedisError| {
+            if e.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Redis(e)
+            }
+        };
+        let left = remaining(self.deadline)?;
+        connection
+            .set_read_timeout(Some(left))
+            .map_err(to_failure)?;
+        let value = connection.recv_response().map_err(to_failure)?;
+        let answer = redis::from_redis_value(value).map_err(|e| Failure::Redis(e.into()))?;
+        self.store.return_connection(connection);
+        Ok(answer)
+    }
+}
+
+impl ClaimInFlight for RedisClaim<'_> {
+    fn finish(mut self: Box<Self>) -> Result<Claim> {
+        let reading = Instant::now();
+        let old = match self.read() {
+            Ok(old) => {
+                observe::command("redis", "claim", self.sending + reading.elapsed(), true);
+                old
+            }
+            // Sent but unanswered (a dropped connection, a restart): claim once more on
+            // a fresh connection. If the first SET landed, this one reads our own
+            // InProgress record, i.e. PENDING, never a second issuance.
+            Err(_) => {
+                let command = Command::Cmd(self.store.claim_command(&self.key, self.lease));
+                let result = self.store.call_blocking(&command);
+                let waited = self.sending + reading.elapsed();
+                observe::command("redis", "claim", waited, result.is_ok());
+                result.map_err(|e| self.store.unavailable("claim", e))?
+            }
+        };
+        claim_answer(&self.key, old)
+    }
+}
+
+impl Drop for RedisClaim<'_> {
+    /// Not finished: the request failed before it needed the claim. A claim it won is
+    /// released now rather than held until the lease runs out.
+    fn drop(&mut self) {
+        if self.connection.is_none() {
+            return;
+        }
+        if let Ok(None) = self.read() {
+            let mut invocation = self.store.release.prepare_invoke();
+            invocation
+                .key(self.store.transaction_key(&self.key))
+                .arg(codec::encode(&self.key.key_hash, &Record::InProgress));
+            if self
+                .store
+                .call_blocking::<i64>(&Command::Script(invocation))
+                .is_err()
+            {
+                tracing::debug!("an unused claim was not released; it lapses with its lease");
+            }
+        }
+    }
+}
+
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error) and within Redis' range.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis())
@@ -413,33 +534,47 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim>> {
         Box::pin(async move {
-            let redis_key = self.transaction_key(key);
-            let value = codec::encode(&key.key_hash, &Record::InProgress);
-            let lease_ms = millis(lease);
-            let old: Option<Vec<u8>> = self
-                .call("claim", {
-                    let mut cmd = redis::cmd("SET");
-                    cmd.arg(&redis_key)
-                        .arg(&value)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(lease_ms)
-                        .arg("GET");
-                    Command::Cmd(cmd)
-                })
+            let old = self
+                .call("claim", Command::Cmd(self.claim_command(key, lease)))
                 .await?;
-            match old {
-                None => Ok(Claim::Won),
-                Some(bytes) => {
-                    let (owner, record) = codec::decode(&bytes)?;
-                    Ok(if owner == key.key_hash {
-                        Claim::Existing(record)
-                    } else {
-                        Claim::Conflict
-                    })
-                }
-            }
+            claim_answer(key, old)
         })
+    }
+
+    /// The claim's `SET … NX PX … GET` written on a blocking connection now; its answer
+    /// read by [`ClaimInFlight::finish`] after the RA decryption, from the socket
+    /// buffer where it has arrived meanwhile.
+    fn start_claim<'a>(
+        &'a self,
+        key: &TransactionKey,
+        lease: Duration,
+    ) -> Option<Box<dyn ClaimInFlight + 'a>> {
+        if !super::may_block() {
+            return None;
+        }
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let command = self.claim_command(key, lease);
+        let mut connection = match self.idle_connection() {
+            Some(c) => c,
+            None => self.connect_blocking(deadline).ok()?,
+        };
+        // A failure here is no answer: the caller claims the ordinary way, with its retry.
+        let sent = remaining(deadline).ok().and_then(|left| {
+            connection.set_write_timeout(Some(left)).ok()?;
+            connection
+                .send_packed_command(&command.get_packed_command())
+                .ok()
+        });
+        sent?;
+        Some(Box::new(RedisClaim {
+            store: self,
+            key: key.clone(),
+            lease,
+            connection: Some(connection),
+            sending: started.elapsed(),
+            deadline,
+        }))
     }
 
     fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>> {
