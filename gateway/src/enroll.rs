@@ -32,7 +32,7 @@ use crate::scep::certrep::{self, Outcome};
 use crate::scep::message::MessageType;
 use crate::scep::request::{Request, RequestBody, RequestHeader, SignedRequest};
 use crate::service::Gateway;
-use crate::store::{observe, Claim, ClaimInFlight, Record, TransactionKey};
+use crate::store::{observe, Claim, InFlight, Record, TransactionKey};
 
 /// What happened, for the request log and metrics.
 #[derive(Debug, Clone)]
@@ -125,7 +125,7 @@ async fn operation(
     }
 
     // Filled by `decide` with the CA that actually answered.
-    let mut answered_by = None;
+    let mut trail = Trail::default();
     let (cipher, outcome) = match opened {
         Ok(request) => {
             let cipher = request.cipher;
@@ -133,14 +133,14 @@ async fn operation(
                 tracing::info!(transaction_id = %header.transaction_id, cipher = cipher.name(), "legacy content cipher used");
                 metrics::legacy_crypto(cipher.name());
             }
-            let outcome = decide(&gateway, request, client_addr, early, &mut answered_by).await;
+            let outcome = decide(&gateway, request, client_addr, early, &mut trail).await;
             (Some(cipher), outcome)
         }
         Err(e) => (None, Err(e)),
     };
 
-    if answered_by.is_some() {
-        summary.ca = answered_by;
+    if trail.answered_by.is_some() {
+        summary.ca = trail.answered_by.take();
     } else if matches!(
         header.message_type,
         MessageType::PkcsReq | MessageType::RenewalReq | MessageType::GetCrl
@@ -171,17 +171,34 @@ async fn operation(
         Outcome::Failure { info, .. } => info.name(),
     };
     let reply = certrep::build(&gateway.ra.signer, &header, cipher, &outcome);
+    // The record of an issued certificate was sent before the signature: read its answer
+    // now, before the reply leaves, as if it had been written first.
+    if let Some(recording) = trail.recording.take() {
+        if let Err(e) = recording.finish() {
+            tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
+        }
+    }
     (reply, summary)
 }
 
-/// Decides the outcome of a verified, decrypted request; `answered_by` is set to the
+/// What the steps of one operation leave for its end.
+#[derive(Default)]
+struct Trail<'g> {
+    /// The CA that issued or deferred, or "store" (for the request log and metrics).
+    answered_by: Option<String>,
+    /// An issued certificate's record, sent to a shared store and still to be answered
+    /// (`Store::start_issued`): its round trip overlaps the CertRep's signature.
+    recording: Option<Box<dyn InFlight<()> + 'g>>,
+}
+
+/// Decides the outcome of a verified, decrypted request; `trail.answered_by` is set to the
 /// CA that issued or deferred (or "store").
-async fn decide(
-    gateway: &Gateway,
+async fn decide<'g>(
+    gateway: &'g Gateway,
     request: Request,
     client_addr: Option<SocketAddr>,
-    early: Option<Early<'_>>,
-    answered_by: &mut Option<String>,
+    early: Option<Early<'g>>,
+    trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     let header = &request.header;
     // Every SUCCESS is enveloped to the signer certificate: refuse a signer key we
@@ -192,10 +209,8 @@ async fn decide(
         (
             MessageType::PkcsReq | MessageType::RenewalReq,
             RequestBody::CertificationRequest(der),
-        ) => enroll(gateway, header, der, client_addr, early, answered_by).await,
-        (MessageType::CertPoll, RequestBody::CertPoll { .. }) => {
-            poll(gateway, header, answered_by).await
-        }
+        ) => enroll(gateway, header, der, client_addr, early, trail).await,
+        (MessageType::CertPoll, RequestBody::CertPoll { .. }) => poll(gateway, header, trail).await,
         (MessageType::GetCert, RequestBody::IssuerAndSerial { issuer, serial }) => {
             match gateway.store.certificate(issuer, serial).await? {
                 Some(certificate) => Ok(Outcome::Issued {
@@ -227,13 +242,13 @@ async fn decide(
 
 /// PKCSReq and RenewalReq (RFC 8894 §3.3.1): claim the transaction, check the right to
 /// enroll, issue, remember.
-async fn enroll(
-    gateway: &Gateway,
+async fn enroll<'g>(
+    gateway: &'g Gateway,
     header: &RequestHeader,
     csr_der: &[u8],
     client_addr: Option<SocketAddr>,
-    early: Option<Early<'_>>,
-    answered_by: &mut Option<String>,
+    early: Option<Early<'g>>,
+    trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     let csr = CertificationRequest::from_der(csr_der)?;
     let (key, in_flight) = match early {
@@ -251,13 +266,13 @@ async fn enroll(
         Claim::Existing(Record::Issued { certificate }) => {
             tracing::info!(transaction_id = %header.transaction_id, "retry answered from the store");
             observe::retry_answered("pkcsreq");
-            *answered_by = Some("store".into());
+            trail.answered_by = Some("store".into());
             let chain = gateway.ca.chain_of(&certificate);
             return Ok(issued(certificate, chain));
         }
         Claim::Existing(Record::Pending | Record::InProgress) => return Ok(Outcome::Pending),
         Claim::Existing(Record::PendingUpstream { ticket }) => {
-            return resume(gateway, &key, header, &ticket, answered_by).await
+            return resume(gateway, &key, header, &ticket, trail).await
         }
         Claim::Conflict => {
             return Err(Error::Refused(
@@ -272,7 +287,7 @@ async fn enroll(
                 IssueOutcome::Pending { ticket, .. } => Some(ticket.clone()),
                 IssueOutcome::Issued { .. } => None,
             };
-            let reply = record(gateway, &key, header, outcome, answered_by).await?;
+            let reply = record(gateway, &key, header, outcome, trail).await?;
             // Recorded as pending: poll the CA in the background too (if it asks for it).
             if let Some(ticket) = pending {
                 crate::pending::watch(gateway.ca.clone(), gateway.store.clone(), key, ticket);
@@ -291,16 +306,16 @@ async fn enroll(
 }
 
 /// Records what the CA decided and turns it into the reply.
-async fn record(
-    gateway: &Gateway,
+async fn record<'g>(
+    gateway: &'g Gateway,
     key: &TransactionKey,
     header: &RequestHeader,
     outcome: IssueOutcome,
-    answered_by: &mut Option<String>,
+    trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     match &outcome {
         IssueOutcome::Issued { ca, .. } | IssueOutcome::Pending { ca, .. } if !ca.is_empty() => {
-            *answered_by = Some(ca.to_string());
+            trail.answered_by = Some(ca.to_string());
         }
         _ => {}
     }
@@ -312,13 +327,22 @@ async fn record(
             let fields = CertificateFields::parse(&certificate)?;
             // The certificate exists now: losing it from the store must not lose it
             // from the reply. (If the store is down here, the claim stays InProgress
-            // until its lease lapses: retries get PENDING meanwhile.)
-            if let Err(e) = gateway
+            // until its lease lapses: retries get PENDING meanwhile.) A shared store
+            // gets it now and answers after the CertRep is signed (`operation`).
+            match gateway
                 .store
-                .issued(key, fields.issuer, fields.serial, certificate.clone())
-                .await
+                .start_issued(key, fields.issuer, fields.serial, certificate.clone())
             {
-                tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
+                Some(recording) => trail.recording = Some(recording),
+                None => {
+                    if let Err(e) = gateway
+                        .store
+                        .issued(key, fields.issuer, fields.serial, certificate.clone())
+                        .await
+                    {
+                        tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
+                    }
+                }
             }
             Ok(issued(certificate, chain))
         }
@@ -343,19 +367,19 @@ async fn record(
 /// A deferred request asked about again (CertPoll, or the PKCSReq resent): the CA is
 /// asked once. Still undecided, or the CA is down: PENDING. Refused: FAILURE; the record
 /// stays until it expires, and each later CertPoll asks the CA again.
-async fn resume(
-    gateway: &Gateway,
+async fn resume<'g>(
+    gateway: &'g Gateway,
     key: &TransactionKey,
     header: &RequestHeader,
     ticket: &[u8],
-    answered_by: &mut Option<String>,
+    trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     match gateway.ca.poll(ticket).await {
         Ok(IssueOutcome::Pending { ticket: again, ca }) if again == ticket => {
-            *answered_by = (!ca.is_empty()).then(|| ca.to_string());
+            trail.answered_by = (!ca.is_empty()).then(|| ca.to_string());
             Ok(Outcome::Pending)
         }
-        Ok(outcome) => record(gateway, key, header, outcome, answered_by).await,
+        Ok(outcome) => record(gateway, key, header, outcome, trail).await,
         Err(Error::Unavailable(reason)) => {
             tracing::info!(transaction_id = %header.transaction_id, reason = %reason, "pending request: the CA is still unavailable");
             Ok(Outcome::Pending)
@@ -366,7 +390,7 @@ async fn resume(
             // the second CertPoll: the recorded certificate wins over that refusal.
             if let Ok(Some(Record::Issued { certificate })) = gateway.store.get(key).await {
                 observe::retry_answered("certpoll");
-                *answered_by = Some("store".into());
+                trail.answered_by = Some("store".into());
                 let chain = gateway.ca.chain_of(&certificate);
                 return Ok(issued(certificate, chain));
             }
@@ -491,22 +515,22 @@ async fn authorize_and_issue(
 }
 
 /// CertPoll (RFC 8894 §3.3.3): the state of a transaction, from the store.
-async fn poll(
-    gateway: &Gateway,
+async fn poll<'g>(
+    gateway: &'g Gateway,
     header: &RequestHeader,
-    answered_by: &mut Option<String>,
+    trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     let key = transaction_key(gateway, header)?;
     match gateway.store.get(&key).await? {
         Some(Record::Issued { certificate }) => {
             observe::retry_answered("certpoll");
-            *answered_by = Some("store".into());
+            trail.answered_by = Some("store".into());
             let chain = gateway.ca.chain_of(&certificate);
             Ok(issued(certificate, chain))
         }
         Some(Record::Pending | Record::InProgress) => Ok(Outcome::Pending),
         Some(Record::PendingUpstream { ticket }) => {
-            resume(gateway, &key, header, &ticket, answered_by).await
+            resume(gateway, &key, header, &ticket, trail).await
         }
         None => Err(Error::NotFound("no such transaction".into())),
     }
@@ -519,7 +543,7 @@ async fn poll(
 /// that the store's round trip overlaps the RA decryption instead of following it.
 struct Early<'g> {
     key: TransactionKey,
-    claim: Option<Box<dyn ClaimInFlight + 'g>>,
+    claim: Option<Box<dyn InFlight<Claim> + 'g>>,
 }
 
 impl<'g> Early<'g> {

@@ -422,10 +422,11 @@ async fn the_redis_password_is_never_shown() {
     assert!(!format!("{store:?}").contains("hunter2"));
 }
 
-/// `start_claim` (the claim sent before the RA decryption): only on a blocking-scope
-/// thread; its answer is the claim's; dropped unread, a claim it won is released.
+/// `start_claim` (the claim sent before the RA decryption) and `start_issued` (the
+/// record sent before the CertRep signature): only on a blocking-scope thread; their
+/// answers are the ordinary calls'; dropped unread, a claim it won is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_started_early_answers_like_a_claim_and_releases_when_unused() {
+async fn calls_started_early_answer_like_the_calls_and_unused_claims_are_released() {
     let server = RedisServer::start();
     let store: Arc<dyn Store> = Arc::new(redis_store(&server, Duration::from_secs(2)));
     // Outside the scope (a worker thread) there is nothing to overlap.
@@ -451,6 +452,23 @@ async fn a_claim_started_early_answers_like_a_claim_and_releases_when_unused() {
         // Someone else's claim is not released by a dropped one.
         drop(store.start_claim(&unused, LEASE).unwrap());
         assert_eq!(store.get(&unused).await.unwrap(), Some(Record::InProgress));
+
+        // The issued record, sent early, lands as `issued` would put it.
+        let cert: Arc<[u8]> = Arc::from(&b"early cert"[..]);
+        let recording = store
+            .start_issued(&k, b"issuer", &[7], cert.clone())
+            .expect("sent");
+        recording.finish().unwrap();
+        let issued = Record::Issued {
+            certificate: cert.clone(),
+        };
+        assert_eq!(store.get(&k).await.unwrap(), Some(issued.clone()));
+        assert_eq!(
+            store.certificate(b"issuer", &[7]).await.unwrap().as_deref(),
+            Some(&cert[..])
+        );
+        let retry = store.start_claim(&k, LEASE).unwrap();
+        assert_eq!(retry.finish().unwrap(), Claim::Existing(issued));
     })
     .await;
     drop(server);

@@ -152,14 +152,15 @@ pub(crate) fn may_block() -> bool {
     MAY_BLOCK.with(std::cell::Cell::get)
 }
 
-/// A claim sent by [`Store::start_claim`], its answer not read yet.
+/// A store call sent by [`Store::start_claim`] or [`Store::start_issued`], its answer
+/// not read yet.
 ///
-/// Dropped without [`finish`](ClaimInFlight::finish) (the request turned out invalid
-/// before it needed the claim), it reads the answer and releases a claim it won, so
-/// that the transaction is not held until its lease runs out.
-pub trait ClaimInFlight: Send {
-    /// The claim's answer, as [`Store::claim`] gives it (waits for the store's reply).
-    fn finish(self: Box<Self>) -> Result<Claim>;
+/// A claim dropped without [`finish`](InFlight::finish) (the request turned out invalid
+/// before it needed the claim) reads its answer and releases a claim it won, so that
+/// the transaction is not held until its lease runs out.
+pub trait InFlight<T>: Send {
+    /// The call's answer, as the ordinary call gives it (waits for the store's reply).
+    fn finish(self: Box<Self>) -> Result<T>;
 }
 
 /// The transaction store.
@@ -171,7 +172,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim>>;
 
-    /// Sends a claim now and reads its answer later ([`ClaimInFlight::finish`]), so that
+    /// Sends a claim now and reads its answer later ([`InFlight::finish`]), so that
     /// a shared store's round trip runs while this thread decrypts the request
     /// (`enroll.rs`). `None` when there is nothing to gain (an in-process store, a
     /// thread outside [`blocking_scope`]) or the claim could not be sent: the caller then
@@ -180,7 +181,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &'a self,
         _key: &TransactionKey,
         _lease: Duration,
-    ) -> Option<Box<dyn ClaimInFlight + 'a>> {
+    ) -> Option<Box<dyn InFlight<Claim> + 'a>> {
+        None
+    }
+
+    /// [`Store::issued`], sent now and answered by [`InFlight::finish`], so that a
+    /// shared store's round trip overlaps the CertRep's signature. `None` as for
+    /// [`Store::start_claim`]: the caller then calls [`Store::issued`].
+    fn start_issued<'a>(
+        &'a self,
+        _key: &TransactionKey,
+        _issuer: &[u8],
+        _serial: &[u8],
+        _certificate: Arc<[u8]>,
+    ) -> Option<Box<dyn InFlight<()> + 'a>> {
         None
     }
 

@@ -51,9 +51,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{
-    codec, observe, Claim, ClaimInFlight, OtpPut, OtpRecord, Record, Store, TransactionKey,
-};
+use super::{codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Store, TransactionKey};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
 
@@ -319,6 +317,72 @@ impl RedisStore {
         result
     }
 
+    /// The issued certificate under its issuer and serial (GetCert) and the transaction's
+    /// final record, in one pipeline.
+    fn issued_pipeline(
+        &self,
+        key: &TransactionKey,
+        issuer: &[u8],
+        serial: &[u8],
+        certificate: Arc<[u8]>,
+    ) -> redis::Pipeline {
+        let ttl = self.ttl_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.certificate_key(issuer, serial))
+            .arg(&*certificate)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SET")
+            .arg(self.transaction_key(key))
+            .arg(codec::encode(
+                &key.key_hash,
+                &Record::Issued { certificate },
+            ))
+            .arg("PX")
+            .arg(ttl)
+            .ignore();
+        pipe
+    }
+
+    /// Writes `command` on a blocking connection without reading its `replies`; `None`
+    /// off a [`super::blocking_scope`] thread or when it cannot be sent (the caller then
+    /// makes the ordinary call, with its retry).
+    fn send(
+        &self,
+        op: &'static str,
+        command: Command<'static>,
+        replies: usize,
+    ) -> Option<Sent<'_>> {
+        if !super::may_block() {
+            return None;
+        }
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let packed = match &command {
+            Command::Cmd(c) => c.get_packed_command(),
+            Command::Pipe(p) => p.get_packed_pipeline(),
+            Command::Script(_) => return None,
+        };
+        let mut connection = match self.idle_connection() {
+            Some(c) => c,
+            None => self.connect_blocking(deadline).ok()?,
+        };
+        let left = remaining(deadline).ok()?;
+        connection.set_write_timeout(Some(left)).ok()?;
+        connection.send_packed_command(&packed).ok()?;
+        Some(Sent {
+            store: self,
+            op,
+            command,
+            replies,
+            connection: Some(connection),
+            sending: started.elapsed(),
+            deadline,
+        })
+    }
+
     fn claim_command(&self, key: &TransactionKey, lease: Duration) -> redis::Cmd {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.transaction_key(key))
@@ -438,23 +502,41 @@ fn claim_answer(key: &TransactionKey, old: Option<Vec<u8>>) -> Result<Claim> {
     }
 }
 
-/// A claim written by [`RedisStore::start_claim`], its answer still in the socket.
-struct RedisClaim<'a> {
+/// A command written on a blocking connection ([`RedisStore::send`]), its replies not
+/// read yet: its round trip runs while the thread does RSA work.
+struct Sent<'a> {
     store: &'a RedisStore,
-    key: TransactionKey,
-    lease: Duration,
-    /// `None` once the answer has been read.
+    op: &'static str,
+    /// Kept to send again after a failed read. Everything sent this way may be repeated:
+    /// SETs, and a claim (which then reads our own InProgress record: PENDING).
+    command: Command<'static>,
+    /// Replies to read: the commands of a pipeline; the last one is the answer.
+    replies: usize,
+    /// `None` once read.
     connection: Option<redis::Connection>,
-    /// The time spent sending. The store latency metric of an early claim is what the
-    /// request waited on the store: this plus the wait for the answer, not the
-    /// decryption in between.
+    /// The time spent sending. The store latency metric of an overlapped command is
+    /// what the request waited on the store: this plus the wait for the answer, not the
+    /// RSA work in between.
     sending: Duration,
     deadline: Instant,
 }
 
-impl RedisClaim<'_> {
-    /// Reads the answer; the connection goes back to the pool after a clean one.
-    fn read(&mut self) -> std::result::Result<Option<Vec<u8>>, Failure> {
+impl Sent<'_> {
+    /// The answer; after a failed read, the command once more on a fresh connection.
+    fn finish<T: redis::FromRedisValue>(&mut self) -> Result<T> {
+        let reading = Instant::now();
+        let result = match self.read_last() {
+            Ok(value) => redis::from_redis_value(value).map_err(|e| Failure::Redis(e.into())),
+            Err(_) => self.store.call_blocking(&self.command),
+        };
+        let waited = self.sending + reading.elapsed();
+        observe::command("redis", self.op, waited, result.is_ok());
+        result.map_err(|e| self.store.unavailable(self.op, e))
+    }
+
+    /// Reads every reply and returns the last; the connection goes back to the pool
+    /// after clean replies only.
+    fn read_last(&mut self) -> std::result::Result<redis::Value, Failure> {
         let mut connection = self.connection.take().ok_or(Failure::Timeout)?;
         let to_failure = |e: RedisError| {
             if e.is_timeout() {
@@ -467,32 +549,24 @@ impl RedisClaim<'_> {
         connection
             .set_read_timeout(Some(left))
             .map_err(to_failure)?;
-        let value = connection.recv_response().map_err(to_failure)?;
-        let answer = redis::from_redis_value(value).map_err(|e| Failure::Redis(e.into()))?;
+        let mut last = redis::Value::Nil;
+        for _ in 0..self.replies {
+            last = connection.recv_response().map_err(to_failure)?;
+        }
         self.store.return_connection(connection);
-        Ok(answer)
+        Ok(last)
     }
 }
 
-impl ClaimInFlight for RedisClaim<'_> {
+/// A claim sent by [`RedisStore::start_claim`].
+struct RedisClaim<'a> {
+    sent: Sent<'a>,
+    key: TransactionKey,
+}
+
+impl InFlight<Claim> for RedisClaim<'_> {
     fn finish(mut self: Box<Self>) -> Result<Claim> {
-        let reading = Instant::now();
-        let old = match self.read() {
-            Ok(old) => {
-                observe::command("redis", "claim", self.sending + reading.elapsed(), true);
-                old
-            }
-            // Sent but unanswered (a dropped connection, a restart): claim once more on
-            // a fresh connection. If the first SET landed, this one reads our own
-            // InProgress record, i.e. PENDING, never a second issuance.
-            Err(_) => {
-                let command = Command::Cmd(self.store.claim_command(&self.key, self.lease));
-                let result = self.store.call_blocking(&command);
-                let waited = self.sending + reading.elapsed();
-                observe::command("redis", "claim", waited, result.is_ok());
-                result.map_err(|e| self.store.unavailable("claim", e))?
-            }
-        };
+        let old = self.sent.finish()?;
         claim_answer(&self.key, old)
     }
 }
@@ -501,22 +575,31 @@ impl Drop for RedisClaim<'_> {
     /// Not finished: the request failed before it needed the claim. A claim it won is
     /// released now rather than held until the lease runs out.
     fn drop(&mut self) {
-        if self.connection.is_none() {
+        if self.sent.connection.is_none() {
             return;
         }
-        if let Ok(None) = self.read() {
-            let mut invocation = self.store.release.prepare_invoke();
+        if let Ok(redis::Value::Nil) = self.sent.read_last() {
+            let store = self.sent.store;
+            let mut invocation = store.release.prepare_invoke();
             invocation
-                .key(self.store.transaction_key(&self.key))
+                .key(store.transaction_key(&self.key))
                 .arg(codec::encode(&self.key.key_hash, &Record::InProgress));
-            if self
-                .store
+            if store
                 .call_blocking::<i64>(&Command::Script(invocation))
                 .is_err()
             {
                 tracing::debug!("an unused claim was not released; it lapses with its lease");
             }
         }
+    }
+}
+
+/// The `issued` pipeline sent by [`RedisStore::start_issued`].
+struct RedisWrite<'a>(Sent<'a>);
+
+impl InFlight<()> for RedisWrite<'_> {
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.0.finish()
     }
 }
 
@@ -542,39 +625,31 @@ impl Store for RedisStore {
     }
 
     /// The claim's `SET … NX PX … GET` written on a blocking connection now; its answer
-    /// read by [`ClaimInFlight::finish`] after the RA decryption, from the socket
-    /// buffer where it has arrived meanwhile.
+    /// read by [`InFlight::finish`] after the RA decryption, from the socket buffer
+    /// where it has arrived meanwhile.
     fn start_claim<'a>(
         &'a self,
         key: &TransactionKey,
         lease: Duration,
-    ) -> Option<Box<dyn ClaimInFlight + 'a>> {
-        if !super::may_block() {
-            return None;
-        }
-        let started = Instant::now();
-        let deadline = started + self.timeout;
-        let command = self.claim_command(key, lease);
-        let mut connection = match self.idle_connection() {
-            Some(c) => c,
-            None => self.connect_blocking(deadline).ok()?,
-        };
-        // A failure here is no answer: the caller claims the ordinary way, with its retry.
-        let sent = remaining(deadline).ok().and_then(|left| {
-            connection.set_write_timeout(Some(left)).ok()?;
-            connection
-                .send_packed_command(&command.get_packed_command())
-                .ok()
-        });
-        sent?;
+    ) -> Option<Box<dyn InFlight<Claim> + 'a>> {
+        let sent = self.send("claim", Command::Cmd(self.claim_command(key, lease)), 1)?;
         Some(Box::new(RedisClaim {
-            store: self,
+            sent,
             key: key.clone(),
-            lease,
-            connection: Some(connection),
-            sending: started.elapsed(),
-            deadline,
         }))
+    }
+
+    /// The `issued` pipeline written now, its replies read after the CertRep is signed.
+    fn start_issued<'a>(
+        &'a self,
+        key: &TransactionKey,
+        issuer: &[u8],
+        serial: &[u8],
+        certificate: Arc<[u8]>,
+    ) -> Option<Box<dyn InFlight<()> + 'a>> {
+        let pipe = self.issued_pipeline(key, issuer, serial, certificate);
+        let sent = self.send("issued", Command::Pipe(pipe), 2)?;
+        Some(Box::new(RedisWrite(sent)))
     }
 
     fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>> {
@@ -660,28 +735,7 @@ impl Store for RedisStore {
         certificate: Arc<[u8]>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let cert_key = self.certificate_key(issuer, serial);
-            let tx_key = self.transaction_key(key);
-            let record = codec::encode(
-                &key.key_hash,
-                &Record::Issued {
-                    certificate: certificate.clone(),
-                },
-            );
-            let ttl = self.ttl_ms();
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(&cert_key)
-                .arg(&*certificate)
-                .arg("PX")
-                .arg(ttl)
-                .ignore()
-                .cmd("SET")
-                .arg(&tx_key)
-                .arg(&record)
-                .arg("PX")
-                .arg(ttl)
-                .ignore();
+            let pipe = self.issued_pipeline(key, issuer, serial, certificate);
             self.call("issued", Command::Pipe(pipe)).await
         })
     }
