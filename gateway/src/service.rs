@@ -324,6 +324,7 @@ fn build_router(
                     cipher: entry.cipher,
                     digest: entry.digest,
                     refresh: Duration::from_secs(entry.refresh_secs),
+                    lost_answer: entry.lost_answer,
                 };
                 let upstream = UpstreamCa::new(settings, ra)
                     .map_err(|reason| invalid(format!("{}: {reason}", entry.name)))?;

@@ -385,18 +385,26 @@ enum Misbehaviour {
     Pending,
     /// Works, but takes this long to issue.
     Slow(Duration),
+    /// Issues a PKCSReq's certificate, then closes the connection without answering (it
+    /// died, or the network did); answers CertPoll for it with the certificate.
+    IssueThenDrop,
 }
 
 /// A fake upstream: answers GetCACaps and GetCACert properly (so that its probes pass)
 /// and PKIOperation according to `mode`. Runs until the test process ends. Returns its
 /// URL and its CA certificate.
 fn fake_upstream(mode: Misbehaviour) -> (String, Vec<u8>) {
+    fake_upstream_with(mode, Pending::default())
+}
+
+/// [`fake_upstream`] keeping the certificates it issued (Pending, IssueThenDrop) in
+/// `pending`, where the test can count them.
+fn fake_upstream_with(mode: Misbehaviour, pending: Pending) -> (String, Vec<u8>) {
     let ca = fake_ca("fake-upstream-ca");
     let rogue = fake_ca("rogue");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/scep", listener.local_addr().unwrap());
     let ca_certificate = ca.certificate.to_vec();
-    let pending = Pending::default();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
@@ -486,6 +494,28 @@ fn serve_fake(
                     ("application/x-pki-message", signed_success(&body, rogue))
                 }
                 Misbehaviour::Pending => ("application/x-pki-message", pend(&body, ca, pending)),
+                Misbehaviour::IssueThenDrop => {
+                    let (request, issued) = issue(&body, ca);
+                    let id = request.header.transaction_id.as_str().to_owned();
+                    if let Some(certificate) = issued {
+                        let earlier = pending.lock().unwrap().insert(id, certificate);
+                        assert!(earlier.is_none(), "one transactionID issued twice");
+                        return;
+                    }
+                    let kept = pending.lock().unwrap().get(&id).cloned();
+                    let outcome = match kept {
+                        Some(certificate) => Outcome::Issued {
+                            certificates: vec![certificate.into()],
+                        },
+                        None => Outcome::Failure {
+                            info: FailInfo::BadCertId,
+                            text: "unknown transaction".into(),
+                        },
+                    };
+                    let reply = certrep::build(ca, &request.header, Some(request.cipher), &outcome)
+                        .unwrap();
+                    ("application/x-pki-message", reply)
+                }
                 Misbehaviour::Slow(delay) => {
                     std::thread::sleep(delay);
                     let (request, issued) = issue(&body, ca);
@@ -920,4 +950,54 @@ fn a_profile_naming_an_unknown_challenge_is_a_start_up_error() {
         err.contains("profiles.challenge") && err.contains("nope"),
         "{err}"
     );
+}
+
+/// An upstream that issues and then loses its answer. `lost_answer = "poll"`: the device
+/// gets PENDING, nothing goes to the next CA, and its CertPoll fetches the one
+/// certificate. The default (`fail-over`): the next CA serves the device at once, and the
+/// lost certificate is a second one for the transaction (what "poll" is for).
+#[test]
+fn a_lost_answer_is_polled_on_the_ca_that_may_have_issued_never_issued_again() {
+    let issued = Pending::default();
+    let (flaky, flaky_ca) = fake_upstream_with(Misbehaviour::IssueThenDrop, issued.clone());
+    let (backup, backup_ca) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));
+    let mut flaky_entry = scep_ca("flaky", &flaky, 3000);
+    flaky_entry.push("lost_answer = \"poll\"".into());
+    let mut gw = gateway(vec![
+        flaky_entry,
+        scep_ca("backup", &backup, 3000),
+        profile("default", &["flaky", "backup"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "lost-answer-device", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    assert_eq!(issued.lock().unwrap().len(), 1);
+    let certificate = device.certpoll(&gw, &flaky_ca).certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("flaky.pem");
+    write_pem(&ca_pem, "CERTIFICATE", &flaky_ca);
+    verify_against(&certificate, &ca_pem);
+    assert_eq!(
+        issued.lock().unwrap().len(),
+        1,
+        "issued once, fetched by CertPoll"
+    );
+    let text = scrape(&gw);
+    assert!(sample(&text, "scep_ca_requests_total", &[("ca", "backup")]).is_none());
+    gw.assert_healthy();
+
+    // The default: failed over at once, the device served by the backup.
+    let issued = Pending::default();
+    let (flaky, _) = fake_upstream_with(Misbehaviour::IssueThenDrop, issued.clone());
+    let gw = gateway(vec![
+        scep_ca("flaky", &flaky, 3000),
+        scep_ca("backup", &backup, 3000),
+        profile("default", &["flaky", "backup"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let certificate = enroll(&gw, "failed-over-device", None).certificate();
+    let backup_pem = dir.path().join("backup.pem");
+    write_pem(&backup_pem, "CERTIFICATE", &backup_ca);
+    verify_against(&certificate, &backup_pem);
+    assert_eq!(issued.lock().unwrap().len(), 1, "the lost one exists too");
 }

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use x509_cert::ext::pkix::KeyUsages;
 
-use super::upstream::{CipherPreference, DigestPreference};
+use super::upstream::{CipherPreference, DigestPreference, LostAnswer};
 use crate::csr::CertificationRequest;
 
 /// What a `[[cas]]` entry is.
@@ -50,6 +50,10 @@ pub struct CaEntryConfig {
     pub poll_interval_secs: u64,
     /// scep: background CertPolls of one pending request at most.
     pub poll_attempts: u32,
+    /// scep: a PKCSReq sent whose answer was lost (timeout, connection closed while
+    /// waiting): `fail-over` (default) or `poll` (keep it PENDING on this CA; no second
+    /// certificate). See [`LostAnswer`].
+    pub lost_answer: LostAnswer,
 }
 
 impl Default for CaEntryConfig {
@@ -70,6 +74,7 @@ impl Default for CaEntryConfig {
             backoff_max_ms: 60_000,
             poll_interval_secs: 60,
             poll_attempts: 60,
+            lost_answer: LostAnswer::default(),
         }
     }
 }

@@ -28,6 +28,10 @@
 //!   Except an answer that the RA key cannot open because the key is unavailable (an
 //!   HSM outage): the CA may have issued, so the answer is kept in a PENDING ticket and
 //!   read on the next poll (failing over would issue a second certificate).
+//! - A request sent whose answer was lost (a timeout or a connection closed after the
+//!   connection was made): the CA may have issued. [`LostAnswer::FailOver`] (default)
+//!   treats it as an outage; [`LostAnswer::Poll`] keeps it PENDING with the CertPoll
+//!   ticket of this CA, so the certificate, if any, is fetched rather than issued again.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -70,6 +74,23 @@ pub enum DigestPreference {
     Sha512,
 }
 
+/// What to do when a PKCSReq reached an upstream CA but its answer did not come back (a
+/// timeout or a connection closed while waiting). The CA may have issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LostAnswer {
+    /// Treat it as an outage and try the profile's next CA at once: the device is served
+    /// now, but if this CA had issued, the transaction has two certificates (one the
+    /// device never got). For CAs that cannot answer CertPoll (micromdm scepserver).
+    #[default]
+    FailOver,
+    /// Keep the request PENDING on this CA: the device's CertPoll (and the background
+    /// poll) sends CertPoll there (RFC 8894 §3.3.3), which returns the certificate if it
+    /// was issued, so a transaction never gets two. For CAs that answer CertPoll for a
+    /// request they have issued (NDES/AD CS, EJBCA, another gateway).
+    Poll,
+}
+
 /// What one upstream CA is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -85,6 +106,24 @@ pub struct UpstreamSettings {
     pub digest: DigestPreference,
     /// How often GetCACert is fetched again (a CA rollover is picked up without restart).
     pub refresh: Duration,
+    pub lost_answer: LostAnswer,
+}
+
+/// Why a PKIOperation got no usable answer, as far as the transport can tell.
+enum Unanswered {
+    /// It never reached the CA, or the CA refused it at the HTTP level: nothing issued.
+    Outage(Error),
+    /// It may have reached the CA, which may have acted on it, but no answer came back
+    /// (a timeout or a connection lost while waiting): see [`LostAnswer`].
+    Lost(Error),
+}
+
+impl From<Unanswered> for Error {
+    fn from(unanswered: Unanswered) -> Error {
+        match unanswered {
+            Unanswered::Outage(e) | Unanswered::Lost(e) => e,
+        }
+    }
 }
 
 /// What GetCACaps said (RFC 8894 §3.5.2).
@@ -269,9 +308,20 @@ impl UpstreamCa {
             spki: csr.public_key_info().to_vec(),
             unread: None,
         };
-        let body = self
+        let body = match self
             .send_message(&learnt, &spec, csr.as_der().to_vec())
-            .await?;
+            .await
+        {
+            Ok(body) => body,
+            Err(Unanswered::Lost(e)) if self.settings.lost_answer == LostAnswer::Poll => {
+                tracing::warn!(ca = %self.settings.name, error = %e, "the request reached the CA but its answer was lost: kept PENDING on this CA (lost_answer = \"poll\"); CertPoll asks it");
+                return Ok(IssueOutcome::Pending {
+                    ticket: poll.encode(),
+                    ca: self.settings.name.as_str().into(),
+                });
+            }
+            Err(unanswered) => return Err(unanswered.into()),
+        };
         let Some(reply) = self.read(&learnt, &spec, &body).await? else {
             // The CA answered (it may have issued) but the RA key cannot open the answer
             // now (an HSM outage). Failing over or failing the request would let the
@@ -365,7 +415,7 @@ impl UpstreamCa {
         learnt: &Arc<Learnt>,
         spec: &MessageSpec,
         content: Vec<u8>,
-    ) -> Result<Vec<u8>> {
+    ) -> std::result::Result<Vec<u8>, Unanswered> {
         let requester = self.requester.clone();
         let recipient = learnt.recipient.clone();
         let build_spec = spec.clone();
@@ -373,17 +423,21 @@ impl UpstreamCa {
             requester.pki_message(&build_spec, &recipient, &content)
         })
         .await
-        .map_err(|e| Error::Unavailable(format!("request task failed: {e}")))??;
+        .map_err(|e| Error::Unavailable(format!("request task failed: {e}")))
+        .and_then(|built| built)
+        .map_err(Unanswered::Outage)?;
 
-        let body = if learnt.caps.post {
-            self.post(&message).await?
+        let request = if learnt.caps.post {
+            self.http
+                .post(self.endpoint(&[("operation", "PKIOperation")]))
+                .header(reqwest::header::CONTENT_TYPE, "application/x-pki-message")
+                .body(message)
         } else {
             let encoded = base64::engine::general_purpose::STANDARD.encode(&message);
-            self.get(&[("operation", "PKIOperation"), ("message", &encoded)])
-                .await?
+            self.http
+                .get(self.endpoint(&[("operation", "PKIOperation"), ("message", &encoded)]))
         };
-
-        Ok(body)
+        self.exchange_http(request).await
     }
 
     /// Opens and checks the CA's answer. `Ok(None)`: the RA key is unavailable (an HSM
@@ -475,33 +529,43 @@ impl UpstreamCa {
         self.send(request).await
     }
 
-    async fn post(&self, message: &[u8]) -> Result<Vec<u8>> {
-        let request = self
-            .http
-            .post(self.endpoint(&[("operation", "PKIOperation")]))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-pki-message")
-            .body(message.to_vec());
-        self.send(request).await
-    }
-
     /// One HTTP exchange: 200 and a bounded body, else an outage. The error names the
     /// CA and the cause, never the URL's query (a GET PKIOperation carries the request).
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>> {
-        let mut response = request.send().await.map_err(|e| self.http_outage(e))?;
+        self.exchange_http(request).await.map_err(Error::from)
+    }
+
+    /// [`Self::send`], telling a request that never got through (no connection, an HTTP
+    /// error status) from one whose answer was lost once sent: any transport error after
+    /// the connection was made, a timeout included, may have come after the CA acted.
+    async fn exchange_http(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> std::result::Result<Vec<u8>, Unanswered> {
+        let lost_or_not = |e: reqwest::Error| {
+            if e.is_connect() {
+                Unanswered::Outage(self.http_outage(e))
+            } else {
+                Unanswered::Lost(self.http_outage(e))
+            }
+        };
+        let mut response = request.send().await.map_err(lost_or_not)?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
-            return Err(self.outage(format_args!("HTTP {status}")));
+            return Err(Unanswered::Outage(
+                self.outage(format_args!("HTTP {status}")),
+            ));
         }
         if response
             .content_length()
             .is_some_and(|n| n > MAX_REPLY_BYTES as u64)
         {
-            return Err(self.outage("answer too large"));
+            return Err(Unanswered::Outage(self.outage("answer too large")));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.http_outage(e))? {
+        while let Some(chunk) = response.chunk().await.map_err(lost_or_not)? {
             if body.len() + chunk.len() > MAX_REPLY_BYTES {
-                return Err(self.outage("answer too large"));
+                return Err(Unanswered::Outage(self.outage("answer too large")));
             }
             body.extend_from_slice(&chunk);
         }
