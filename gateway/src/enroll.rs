@@ -500,6 +500,25 @@ async fn authorize_and_issue(
                     error = %e,
                     "certificate issued but withheld: the challenge validator did not acknowledge it"
                 );
+                // Withheld means never to be used: the retry issues another one.
+                match gateway.ca.revoke_withheld(&issued.certificate) {
+                    Ok(true) => tracing::info!(
+                        transaction_id = %header.transaction_id,
+                        serial = %hex::encode(&issued.serial),
+                        "withheld certificate revoked (on the next CRL)"
+                    ),
+                    Ok(false) => tracing::warn!(
+                        transaction_id = %header.transaction_id,
+                        serial = %hex::encode(&issued.serial),
+                        "withheld certificate not revoked here: revoke it at the CA that issued it"
+                    ),
+                    Err(revoke) => tracing::error!(
+                        transaction_id = %header.transaction_id,
+                        serial = %hex::encode(&issued.serial),
+                        error = %revoke,
+                        "withheld certificate could not be revoked"
+                    ),
+                }
                 challenge.notify_failed(&ctx, &e).await;
                 return Err(e);
             }

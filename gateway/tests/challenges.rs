@@ -1019,6 +1019,17 @@ fn intune_validation_success_failures_and_withheld_certificates() {
         withheld_serials[withheld_serials.len() - 2],
         Value::from(retried_serial)
     );
+    // The withheld certificate is revoked (the embedded CA's next CRL lists it).
+    let withheld = withheld_serials[withheld_serials.len() - 2]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    let log = gateway.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("withheld certificate revoked") && l.contains(&withheld)),
+        "{log}"
+    );
 
     // Discovery and tokens were fetched once for all of that.
     assert_eq!(fx.server.requests_to("/v1.0/servicePrincipals").len(), 1);

@@ -566,6 +566,20 @@ impl Ca for EmbeddedCa {
     /// issuer must be our subject byte for byte, the signature must verify with our
     /// key, now must lie within the validity, and the serial must not be revoked. The
     /// CA's own (self-signed) certificate is not one it issued.
+    fn revoke_withheld(&self, certificate: &[u8]) -> Result<bool> {
+        match ParsedCertificate::from_der(certificate) {
+            Ok(cert)
+                if cert.issuer == self.subject
+                    && certificate != &*self.chain[0]
+                    && cert.verify_with(&self.public_key_info).is_ok() =>
+            {
+                self.revoke(cert.serial)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn issued_and_valid(&self, certificate: &[u8]) -> bool {
         if certificate == &*self.chain[0] {
             return false;

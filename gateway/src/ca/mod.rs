@@ -91,6 +91,15 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
     /// condition for accepting a RenewalReq signed with it.
     fn issued_and_valid(&self, certificate: &[u8]) -> bool;
 
+    /// Revokes a certificate this CA issued that must never be used: one withheld from
+    /// the device because its challenge validator did not acknowledge it (Intune's
+    /// successNotification failed), whose transaction is then issued again. `Ok(false)`
+    /// when this CA did not issue it or cannot revoke (an upstream CA: the log names the
+    /// serial for its operator).
+    fn revoke_withheld(&self, _certificate: &[u8]) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The CA's name for the request log and metrics (never a URL with credentials).
     /// The embedded CA keeps this default; every other CA overrides it.
     fn name(&self) -> &str {

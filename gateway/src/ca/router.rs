@@ -463,6 +463,14 @@ impl Ca for Router {
         }
     }
 
+    /// Only the embedded CA can revoke; an upstream's certificate is left to its CA.
+    fn revoke_withheld(&self, certificate: &[u8]) -> Result<bool> {
+        match &self.embedded {
+            Some(ca) => ca.revoke_withheld(certificate),
+            None => Ok(false),
+        }
+    }
+
     fn issued_and_valid(&self, certificate: &[u8]) -> bool {
         self.embedded
             .as_ref()

@@ -298,6 +298,20 @@ async fn issued_and_valid_rejects_foreign_certificates() {
     let issued = issue(&other, &rsa_csr(2048, None, None)).await.unwrap();
     assert!(other.issued_and_valid(&issued.certificate));
     assert!(!ca.issued_and_valid(&issued.certificate));
+    // Nor is it ours to revoke.
+    assert!(!ca.revoke_withheld(&issued.certificate).unwrap());
+}
+
+#[tokio::test]
+async fn a_withheld_certificate_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = dev_ca(dir.path(), EmbeddedCaConfig::default());
+    let issued = issue(&ca, &rsa_csr(2048, None, None)).await.unwrap();
+    assert!(ca.issued_and_valid(&issued.certificate));
+    assert!(ca.revoke_withheld(&issued.certificate).unwrap());
+    assert!(!ca.issued_and_valid(&issued.certificate));
+    assert!(ca.is_revoked(&issued.serial));
+    assert!(!ca.revoke_withheld(&ca.chain()[0]).unwrap());
 }
 
 #[test]
