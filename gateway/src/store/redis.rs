@@ -522,12 +522,15 @@ struct Sent<'a> {
 }
 
 impl Sent<'_> {
-    /// The answer; after a failed read, the command once more on a fresh connection.
+    /// The answer; after a connection error, the command once more on a fresh
+    /// connection (within a new `command_timeout`). A timeout is final: the deadline
+    /// set when it was sent has passed.
     fn finish<T: redis::FromRedisValue>(&mut self) -> Result<T> {
         let reading = Instant::now();
         let result = match self.read_last() {
             Ok(value) => redis::from_redis_value(value).map_err(|e| Failure::Redis(e.into())),
-            Err(_) => self.store.call_blocking(&self.command),
+            Err(Failure::Timeout) => Err(Failure::Timeout),
+            Err(Failure::Redis(_)) => self.store.call_blocking(&self.command),
         };
         let waited = self.sending + reading.elapsed();
         observe::command("redis", self.op, waited, result.is_ok());
