@@ -11,7 +11,7 @@ set -eu
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-120}
 shift || true
-TARGETS=${*:-"ber signed_data enveloped_data scep_request csr csr_info query certrep certificate config"}
+TARGETS=${*:-"ber signed_data enveloped_data scep_request csr csr_info query certrep certificate config webhook_answer intune_answer"}
 LOGS=${LOGS:-/tmp/scep-fuzz-logs}
 mkdir -p "$LOGS"
 for t in $TARGETS; do
