@@ -398,6 +398,8 @@ pub fn gateway(pki: &Pki) -> Result<Arc<Gateway>> {
         reload_token: None,
         profile_challenges: Default::default(),
         readiness: Default::default(),
+        // As `from_config` decides it: software keys compute in place, HSM keys block.
+        inline: pki.ra_software.is_some(),
     }))
 }
 

@@ -64,6 +64,9 @@ pub async fn pki_operation_from(
     message: bytes::Bytes,
     client_addr: Option<SocketAddr>,
 ) -> (Result<Vec<u8>>, Summary) {
+    if gateway.inline {
+        return inline(operation(gateway, message, client_addr)).await;
+    }
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         // The requester's key is parsed once for its three uses (see public_keys).
@@ -85,6 +88,22 @@ pub async fn pki_operation_from(
         };
         (Err(error), summary)
     })
+}
+
+/// Runs `operation` on this worker ([`Gateway::inline`]): its first poll, which with
+/// nothing to wait for is the whole operation (≈ 1 ms of RSA), inside the key-parsing
+/// scope; should it still wait for something, the rest is awaited as usual (the scope
+/// cannot cross an await: it belongs to this thread).
+async fn inline<F: std::future::Future>(operation: F) -> F::Output {
+    let mut operation = std::pin::pin!(operation);
+    {
+        let _keys = public_keys::scope();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(done) = operation.as_mut().poll(&mut cx) {
+            return done;
+        }
+    }
+    operation.await
 }
 
 /// [`pki_operation`] on a blocking-pool thread: blocking calls are allowed here.

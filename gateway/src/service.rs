@@ -68,6 +68,11 @@ pub struct Gateway {
     pub reload_token: Option<[u8; 32]>,
     /// `/readyz`, cached.
     pub readiness: Arc<Readiness>,
+    /// Every step of a PKIOperation only computes (software keys, the embedded CA alone,
+    /// the in-process store, a challenge that calls nobody): it runs on the worker that
+    /// received it, saving the blocking-pool hand-off (`enroll::pki_operation_from`).
+    /// False as soon as anything may block: an HSM key, Redis, an upstream CA, a webhook.
+    pub inline: bool,
 }
 
 impl Gateway {
@@ -253,8 +258,34 @@ impl Gateway {
             )?
             .map(|token| crate::reload::token_digest(&token)),
             readiness: Arc::default(),
+            inline: computes_only(config),
         })
     }
+}
+
+/// Whether nothing a PKIOperation does under `config` can block its thread (see
+/// [`Gateway::inline`]).
+fn computes_only(config: &FileConfig) -> bool {
+    use crate::ca::profile::CaKind;
+    use crate::config::{ChallengeConfig, KeyRef, StoreBackend};
+    let software = |key: &KeyRef| matches!(key, KeyRef::File(_));
+    let keys = std::iter::once(&config.ra.key)
+        .chain(config.ra.encryption_key.as_ref())
+        .chain(config.ra.previous.iter().map(|p| &p.key))
+        .chain(config.ca.as_ref().map(|ca| &ca.key));
+    let quiet = |c: &ChallengeConfig| {
+        matches!(
+            c,
+            ChallengeConfig::Static { .. }
+                | ChallengeConfig::None { .. }
+                | ChallengeConfig::OneTime(_)
+        )
+    };
+    keys.into_iter().all(software)
+        && config.store.backend == StoreBackend::Memory
+        && config.cas.iter().all(|c| c.kind == CaKind::Embedded)
+        && quiet(&config.challenge)
+        && config.challenges.values().all(quiet)
 }
 
 /// The embedded CA and its signing key (for readiness).
@@ -633,5 +664,42 @@ fn require_usage(
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod inline_tests {
+    use super::computes_only;
+    use crate::config::{example, FileConfig};
+    use std::path::Path;
+
+    fn config(edit: impl Fn(String) -> String) -> FileConfig {
+        FileConfig::from_toml(&edit(example("c.txt")), Path::new("/x/gateway.toml")).unwrap()
+    }
+
+    #[test]
+    fn only_configs_where_nothing_can_block_run_inline() {
+        assert!(computes_only(&config(|t| t)));
+        let redis = config(|t| {
+            t.replace("backend = \"memory\"", "backend = \"redis\"").replace(
+                "# url = \"redis://127.0.0.1:6379/0\"",
+                "url = \"redis://127.0.0.1:6379/0\"",
+            )
+        });
+        assert!(!computes_only(&redis));
+        let hsm = config(|t| {
+            t.replace(
+                "key = \"ca.key.pem\"",
+                "key = { pkcs11 = { module = \"/m.so\", token_label = \"t\", key_label = \"ca\", pin_env = \"P\" } }",
+            )
+        });
+        assert!(!computes_only(&hsm));
+        let webhook = config(|t| {
+            t.replace(
+                "mode = \"static\"\npassword_file = \"c.txt\"",
+                "mode = \"webhook\"\nurl = \"https://hook.example/\"\nbearer_token_env = \"T\"",
+            )
+        });
+        assert!(!computes_only(&webhook));
     }
 }
