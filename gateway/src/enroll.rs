@@ -8,11 +8,14 @@
 //!   GetCRL:             ca.crl
 //! ─▶ certrep::build (RA key)
 //! ```
-//! The whole operation runs on tokio's blocking pool, in one hop: the private-key work
-//! (envelope unwrap, the embedded CA's signature, CertRep signature) never stalls a
-//! reactor thread, and an enrollment pays for one thread hand-off instead of three
-//! (each costs ~20 µs of CPU beside ~750 µs of RSA). The async steps (store, challenge,
-//! an upstream CA) are driven from that thread with `Handle::block_on`. A request that
+//! Where it runs depends on what it may wait for ([`Gateway::inline`]):
+//! - nothing can block (software keys, the embedded CA alone, the in-process store, a
+//!   challenge that calls nobody): on the worker that received the request, like any
+//!   other computation; no thread hand-off (≈ 10 % of an enrollment's CPU on a VM);
+//! - otherwise (an HSM key, Redis, an upstream CA, a webhook or Intune): on tokio's
+//!   blocking pool, in one hop, so that no PKCS#11 or network call stalls a reactor
+//!   thread. The async steps (store, challenge, an upstream CA) are driven from that
+//!   thread with `Handle::block_on`. A request that
 //! outlives `request_timeout` is answered 503 by `http/routes.rs` while its operation
 //! runs to its end here (store and upstream calls carry their own timeouts), so an
 //! issued certificate is still recorded for the client's retry.
