@@ -681,10 +681,11 @@ mod inline_tests {
     fn only_configs_where_nothing_can_block_run_inline() {
         assert!(computes_only(&config(|t| t)));
         let redis = config(|t| {
-            t.replace("backend = \"memory\"", "backend = \"redis\"").replace(
-                "# url = \"redis://127.0.0.1:6379/0\"",
-                "url = \"redis://127.0.0.1:6379/0\"",
-            )
+            t.replace("backend = \"memory\"", "backend = \"redis\"")
+                .replace(
+                    "# url = \"redis://127.0.0.1:6379/0\"",
+                    "url = \"redis://127.0.0.1:6379/0\"",
+                )
         });
         assert!(!computes_only(&redis));
         let hsm = config(|t| {
