@@ -109,7 +109,8 @@ async fn inline<F: std::future::Future>(operation: F) -> F::Output {
     operation.await
 }
 
-/// [`pki_operation`] on a blocking-pool thread: blocking calls are allowed here.
+/// [`pki_operation`] itself, on a blocking-pool thread (blocking calls are allowed there)
+/// or, for a [`Gateway::inline`] configuration, on the receiving worker.
 async fn operation(
     gateway: Arc<Gateway>,
     message: bytes::Bytes,
