@@ -611,6 +611,40 @@ pub fn openssl_in(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A certificate for `subject` issued by `dir`/ca.pem (key `dir`/ca.key) with the
+/// extensions `extensions` (openssl extfile lines), written as `<name>.pem` and
+/// `<name>.key` in `dir`.
+pub fn issue_leaf(dir: &Path, name: &str, subject: &str, extensions: &str) {
+    let run = |args: &[&str]| openssl_in(dir, args);
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.cnf"),
+    );
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    run(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        &pem,
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+    ]);
+}
+
 /// A test CA and a server certificate for IP 127.0.0.1, made with the `openssl` CLI.
 /// Returns (CA PEM, server chain PEM, server key PEM).
 pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -634,40 +668,12 @@ pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "-addext",
         "keyUsage=keyCertSign,cRLSign",
     ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
+    issue_leaf(
+        dir,
+        "server",
         "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    );
     (
         dir.join("ca.pem"),
         dir.join("server.pem"),
