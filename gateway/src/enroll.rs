@@ -9,16 +9,21 @@
 //! ─▶ certrep::build (RA key)
 //! ```
 //! Where it runs depends on what it may wait for ([`Gateway::inline`]):
-//! - nothing can block (software keys, the embedded CA alone, the in-process store, a
-//!   challenge that calls nobody): on the worker that received the request, like any
-//!   other computation; no thread hand-off (≈ 10 % of an enrollment's CPU on a VM);
-//! - otherwise (an HSM key, Redis, an upstream CA, a webhook or Intune): on tokio's
-//!   blocking pool, in one hop, so that no PKCS#11 or network call stalls a reactor
-//!   thread. The async steps (store, challenge, an upstream CA) are driven from that
-//!   thread with `Handle::block_on`. A request that
-//! outlives `request_timeout` is answered 503 by `http/routes.rs` while its operation
-//! runs to its end here (store and upstream calls carry their own timeouts), so an
-//! issued certificate is still recorded for the client's retry.
+//! - nothing can block a thread (software keys, the embedded CA alone, the in-process or
+//!   the Redis store, a challenge that calls nobody): in a task of its own on the worker
+//!   that received the request, like any other computation; no thread hand-off (≈ 10 %
+//!   of an enrollment's CPU on a VM). Redis is awaited on its async connection, its
+//!   round trips overlapped with the RSA work (`store/overlap.rs`);
+//! - otherwise (an HSM key, an upstream CA, a webhook or Intune): on tokio's blocking
+//!   pool, in one hop, so that no PKCS#11 or network call stalls a reactor thread. The
+//!   async steps (store, challenge, an upstream CA) are driven from that thread with
+//!   `Handle::block_on`; Redis is then reached over blocking connections
+//!   (`store::blocking_scope`).
+//!
+//! Either way the operation is a task of its own: a request that outlives
+//! `request_timeout` is answered 503 by `http/routes.rs` while its operation runs to its
+//! end (store and upstream calls carry their own timeouts), so an issued certificate is
+//! still recorded for the client's retry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,7 +73,15 @@ pub async fn pki_operation_from(
     client_addr: Option<SocketAddr>,
 ) -> (Result<Vec<u8>>, Summary) {
     if gateway.inline {
-        return inline(operation(gateway, message, client_addr)).await;
+        // A task of its own, so that it runs to its end even if the request times out
+        // while it waits on the store (the certificate is recorded for the retry). From
+        // a worker, tokio runs it next on this same worker: no thread hand-off.
+        let operation = tokio::spawn(InKeyScope(Box::pin(operation(
+            gateway,
+            message,
+            client_addr,
+        ))));
+        return operation.await.unwrap_or_else(|e| task_failed(&e));
     }
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -80,33 +93,37 @@ pub async fn pki_operation_from(
         handle.block_on(operation(gateway, message, client_addr))
     })
     .await
-    .unwrap_or_else(|e| {
-        let error = Error::Unavailable(format!("request task failed: {e}"));
-        let summary = Summary {
-            message_type: None,
-            transaction_id: None,
-            outcome: "unavailable",
-            detail: Some(error.to_string()),
-            ca: None,
-        };
-        (Err(error), summary)
-    })
+    .unwrap_or_else(|e| task_failed(&e))
 }
 
-/// Runs `operation` on this worker ([`Gateway::inline`]): its first poll, which with
-/// nothing to wait for is the whole operation (≈ 1 ms of RSA), inside the key-parsing
-/// scope; should it still wait for something, the rest is awaited as usual (the scope
-/// cannot cross an await: it belongs to this thread).
-async fn inline<F: std::future::Future>(operation: F) -> F::Output {
-    let mut operation = std::pin::pin!(operation);
-    {
+/// The answer when the operation's task panicked (a bug): 503, and the log says why.
+fn task_failed(e: &tokio::task::JoinError) -> (Result<Vec<u8>>, Summary) {
+    let error = Error::Unavailable(format!("request task failed: {e}"));
+    let summary = Summary {
+        message_type: None,
+        transaction_id: None,
+        outcome: "unavailable",
+        detail: Some(error.to_string()),
+        ca: None,
+    };
+    (Err(error), summary)
+}
+
+/// An inline operation ([`Gateway::inline`]), each poll inside the key-parsing scope
+/// (see `public_keys`; the scope belongs to the thread, so it cannot span an await). With
+/// the in-process store the first poll is the whole operation.
+struct InKeyScope<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for InKeyScope<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
         let _keys = public_keys::scope();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if let std::task::Poll::Ready(done) = operation.as_mut().poll(&mut cx) {
-            return done;
-        }
+        self.0.as_mut().poll(cx)
     }
-    operation.await
 }
 
 /// [`pki_operation`] itself, on a blocking-pool thread (blocking calls are allowed there)
@@ -125,14 +142,20 @@ async fn operation(
     };
     // Parse, verify and decrypt; a PKCSReq's claim is sent before the decryption.
     let mut early = None;
-    let opened = SignedRequest::parse(&message).map(|signed| {
-        let header = signed.header.clone();
-        let opened = signed.verify().and_then(|()| {
-            early = Early::start(&gateway, &header);
-            signed.open(&gateway.ra, gateway.policy)
-        });
-        (header, opened)
-    });
+    let opened = match SignedRequest::parse(&message) {
+        Ok(signed) => {
+            let header = signed.header.clone();
+            let opened = match signed.verify() {
+                Ok(()) => {
+                    early = Early::start(&gateway, &header).await;
+                    signed.open(&gateway.ra, gateway.policy)
+                }
+                Err(e) => Err(e),
+            };
+            Ok((header, opened))
+        }
+        Err(e) => Err(e),
+    };
 
     let (header, opened) = match opened {
         Ok(pair) => pair,
@@ -197,7 +220,7 @@ async fn operation(
     // The record of an issued certificate was sent before the signature: read its answer
     // now, before the reply leaves, as if it had been written first.
     if let Some(recording) = trail.recording.take() {
-        if let Err(e) = recording.finish() {
+        if let Err(e) = recording.await {
             tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded for retries and GetCert");
         }
     }
@@ -211,7 +234,7 @@ struct Trail<'g> {
     answered_by: Option<String>,
     /// An issued certificate's record, sent to a shared store and still to be answered
     /// (`Store::start_issued`): its round trip overlaps the CertRep's signature.
-    recording: Option<Box<dyn InFlight<()> + 'g>>,
+    recording: Option<InFlight<'g, ()>>,
 }
 
 /// Decides the outcome of a verified, decrypted request; `trail.answered_by` is set to the
@@ -280,7 +303,7 @@ async fn enroll<'g>(
     };
 
     let claim = match in_flight {
-        Some(in_flight) => in_flight.finish()?,
+        Some(in_flight) => in_flight.await?,
         None => gateway.store.claim(&key, gateway.claim_lease).await?,
     };
     observe::claim(&claim);
@@ -355,6 +378,7 @@ async fn record<'g>(
             match gateway
                 .store
                 .start_issued(key, fields.issuer, fields.serial, certificate.clone())
+                .await
             {
                 Some(recording) => trail.recording = Some(recording),
                 None => {
@@ -585,13 +609,13 @@ async fn poll<'g>(
 /// that the store's round trip overlaps the RA decryption instead of following it.
 struct Early<'g> {
     key: TransactionKey,
-    claim: Option<Box<dyn InFlight<Claim> + 'g>>,
+    claim: Option<InFlight<'g, Claim>>,
 }
 
 impl<'g> Early<'g> {
     /// After the signature check, before the decryption. `None` for other message
     /// types, or when the key cannot be made (`enroll` then says why).
-    fn start(gateway: &'g Gateway, header: &RequestHeader) -> Option<Self> {
+    async fn start(gateway: &'g Gateway, header: &RequestHeader) -> Option<Self> {
         if !matches!(
             header.message_type,
             MessageType::PkcsReq | MessageType::RenewalReq
@@ -599,7 +623,7 @@ impl<'g> Early<'g> {
             return None;
         }
         let key = transaction_key(gateway, header).ok()?;
-        let claim = gateway.store.start_claim(&key, gateway.claim_lease);
+        let claim = gateway.store.start_claim(&key, gateway.claim_lease).await;
         Some(Early { key, claim })
     }
 }

@@ -68,10 +68,11 @@ pub struct Gateway {
     pub reload_token: Option<[u8; 32]>,
     /// `/readyz`, cached.
     pub readiness: Arc<Readiness>,
-    /// Every step of a PKIOperation only computes (software keys, the embedded CA alone,
-    /// the in-process store, a challenge that calls nobody): it runs on the worker that
-    /// received it, saving the blocking-pool hand-off (`enroll::pki_operation_from`).
-    /// False as soon as anything may block: an HSM key, Redis, an upstream CA, a webhook.
+    /// No step of a PKIOperation blocks a thread (software keys, the embedded CA alone,
+    /// the in-process store or Redis through its async connection, a challenge that
+    /// calls nobody): it runs on the worker that received it, saving the blocking-pool
+    /// hand-off (`enroll::pki_operation_from`). False as soon as anything may block: an
+    /// HSM key (PKCS#11 calls block), an upstream CA, a webhook or Intune.
     pub inline: bool,
 }
 
@@ -258,16 +259,16 @@ impl Gateway {
             )?
             .map(|token| crate::reload::token_digest(&token)),
             readiness: Arc::default(),
-            inline: computes_only(config),
+            inline: never_blocks(config),
         })
     }
 }
 
 /// Whether nothing a PKIOperation does under `config` can block its thread (see
-/// [`Gateway::inline`]).
-fn computes_only(config: &FileConfig) -> bool {
+/// [`Gateway::inline`]). Either store qualifies: Redis is then awaited, not waited for.
+fn never_blocks(config: &FileConfig) -> bool {
     use crate::ca::profile::CaKind;
-    use crate::config::{ChallengeConfig, KeyRef, StoreBackend};
+    use crate::config::{ChallengeConfig, KeyRef};
     let software = |key: &KeyRef| matches!(key, KeyRef::File(_));
     let keys = std::iter::once(&config.ra.key)
         .chain(config.ra.encryption_key.as_ref())
@@ -282,7 +283,6 @@ fn computes_only(config: &FileConfig) -> bool {
         )
     };
     keys.into_iter().all(software)
-        && config.store.backend == StoreBackend::Memory
         && config.cas.iter().all(|c| c.kind == CaKind::Embedded)
         && quiet(&config.challenge)
         && config.challenges.values().all(quiet)
@@ -669,7 +669,7 @@ fn require_usage(
 
 #[cfg(test)]
 mod inline_tests {
-    use super::computes_only;
+    use super::never_blocks;
     use crate::config::{example, FileConfig};
     use std::path::Path;
 
@@ -679,7 +679,7 @@ mod inline_tests {
 
     #[test]
     fn only_configs_where_nothing_can_block_run_inline() {
-        assert!(computes_only(&config(|t| t)));
+        assert!(never_blocks(&config(|t| t)));
         let redis = config(|t| {
             t.replace("backend = \"memory\"", "backend = \"redis\"")
                 .replace(
@@ -687,20 +687,20 @@ mod inline_tests {
                     "url = \"redis://127.0.0.1:6379/0\"",
                 )
         });
-        assert!(!computes_only(&redis));
+        assert!(never_blocks(&redis));
         let hsm = config(|t| {
             t.replace(
                 "key = \"ca.key.pem\"",
                 "key = { pkcs11 = { module = \"/m.so\", token_label = \"t\", key_label = \"ca\", pin_env = \"P\" } }",
             )
         });
-        assert!(!computes_only(&hsm));
+        assert!(!never_blocks(&hsm));
         let webhook = config(|t| {
             t.replace(
                 "mode = \"static\"\npassword_file = \"c.txt\"",
                 "mode = \"webhook\"\nurl = \"https://hook.example/\"\nbearer_token_env = \"T\"",
             )
         });
-        assert!(!computes_only(&webhook));
+        assert!(!never_blocks(&webhook));
     }
 }

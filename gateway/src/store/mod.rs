@@ -13,6 +13,7 @@
 mod codec;
 pub mod memory;
 pub mod observe;
+mod overlap;
 pub mod redis;
 
 use std::sync::Arc;
@@ -152,16 +153,13 @@ pub(crate) fn may_block() -> bool {
     MAY_BLOCK.with(std::cell::Cell::get)
 }
 
-/// A store call sent by [`Store::start_claim`] or [`Store::start_issued`], its answer
-/// not read yet.
+/// A store call already sent ([`Store::start_claim`], [`Store::start_issued`]): awaiting
+/// it gives the answer the ordinary call would.
 ///
-/// A claim dropped without [`finish`](InFlight::finish) (the request turned out invalid
-/// before it needed the claim) reads its answer and releases a claim it won, so that
-/// the transaction is not held until its lease runs out.
-pub trait InFlight<T>: Send {
-    /// The call's answer, as the ordinary call gives it (waits for the store's reply).
-    fn finish(self: Box<Self>) -> Result<T>;
-}
+/// A claim dropped without being awaited (the request turned out invalid before it
+/// needed the claim) still reads its answer and releases a claim it won, so that the
+/// transaction is not held until its lease runs out; a dropped record is still written.
+pub type InFlight<'a, T> = BoxFuture<'a, Result<T>>;
 
 /// The transaction store.
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -172,30 +170,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim>>;
 
-    /// Sends a claim now and reads its answer later ([`InFlight::finish`]), so that
-    /// a shared store's round trip runs while this thread decrypts the request
-    /// (`enroll.rs`). `None` when there is nothing to gain (an in-process store, a
-    /// thread outside [`blocking_scope`]) or the claim could not be sent: the caller then
-    /// calls [`Store::claim`] when it needs the answer.
+    /// Sends a claim now and reads its answer when the returned [`InFlight`] is awaited,
+    /// so that a shared store's round trip runs while this thread decrypts the request
+    /// (`enroll.rs`). `None` when there is nothing to gain (an in-process store) or the
+    /// claim could not be sent: the caller then calls [`Store::claim`] when it needs the
+    /// answer.
     fn start_claim<'a>(
         &'a self,
         _key: &TransactionKey,
         _lease: Duration,
-    ) -> Option<Box<dyn InFlight<Claim> + 'a>> {
-        None
+    ) -> BoxFuture<'a, Option<InFlight<'a, Claim>>> {
+        Box::pin(std::future::ready(None))
     }
 
-    /// [`Store::issued`], sent now and answered by [`InFlight::finish`], so that a
-    /// shared store's round trip overlaps the CertRep's signature. `None` as for
-    /// [`Store::start_claim`]: the caller then calls [`Store::issued`].
+    /// [`Store::issued`], sent now and answered when the returned [`InFlight`] is
+    /// awaited, so that a shared store's round trip overlaps the CertRep's signature.
+    /// `None` as for [`Store::start_claim`]: the caller then calls [`Store::issued`].
     fn start_issued<'a>(
         &'a self,
         _key: &TransactionKey,
         _issuer: &[u8],
         _serial: &[u8],
         _certificate: Arc<[u8]>,
-    ) -> Option<Box<dyn InFlight<()> + 'a>> {
-        None
+    ) -> BoxFuture<'a, Option<InFlight<'a, ()>>> {
+        Box::pin(std::future::ready(None))
     }
 
     /// Records the final state of a claimed transaction (Issued or Pending).

@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
+use super::overlap::{Orphan, Overlapped};
 use super::{codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Store, TransactionKey};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
@@ -272,18 +273,41 @@ impl RedisStore {
         &self,
         command: &Command<'_>,
     ) -> std::result::Result<T, Failure> {
-        let attempts = async {
-            match command.run_async(self.manager.clone()).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    command.run_async(self.manager.clone()).await
+        run_async(self.manager.clone(), self.timeout, command).await
+    }
+
+    /// [`RedisStore::call_async`] as a future that owns what it needs, to be
+    /// [`Overlapped`] (its metric and error are the caller's).
+    fn call_owned<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        command: Command<'static>,
+    ) -> BoxFuture<'static, std::result::Result<T, Failure>> {
+        let manager = self.manager.clone();
+        let timeout = self.timeout;
+        Box::pin(async move { run_async(manager, timeout, &command).await })
+    }
+
+    /// A claim's answer nobody awaited: a claim it won is released, so that the
+    /// transaction is not held until its lease runs out.
+    fn release_if_won(&self, key: &TransactionKey) -> Orphan<ClaimAnswer> {
+        let manager = self.manager.clone();
+        let timeout = self.timeout;
+        let script = self.release.clone();
+        let redis_key = self.transaction_key(key);
+        let ours = codec::encode(&key.key_hash, &Record::InProgress);
+        Box::new(move |answer| {
+            Box::pin(async move {
+                if !matches!(answer, Ok(None)) {
+                    return;
                 }
-                other => other,
-            }
-        };
-        match tokio::time::timeout(self.timeout, attempts).await {
-            Ok(result) => result.map_err(Failure::Redis),
-            Err(_) => Err(Failure::Timeout),
-        }
+                let mut invocation = script.prepare_invoke();
+                invocation.key(redis_key).arg(ours);
+                let release = Command::Script(invocation);
+                if run_async::<i64>(manager, timeout, &release).await.is_err() {
+                    tracing::debug!("an unused claim was not released; it lapses with its lease");
+                }
+            })
+        })
     }
 
     /// The blocking path: an idle pooled connection (or a new one), read and write
@@ -445,6 +469,30 @@ impl Command<'_> {
     }
 }
 
+/// Runs `command` on the async connection within `timeout`, once more after a
+/// connection error (see [`RedisStore::call`]).
+async fn run_async<T: redis::FromRedisValue>(
+    manager: ConnectionManager,
+    timeout: Duration,
+    command: &Command<'_>,
+) -> std::result::Result<T, Failure> {
+    let attempts = async {
+        match command.run_async(manager.clone()).await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                command.run_async(manager).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(timeout, attempts).await {
+        Ok(result) => result.map_err(Failure::Redis),
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+/// What a claim's `SET … NX … GET` returns: the old value, if there was one.
+type ClaimAnswer = std::result::Result<Option<Vec<u8>>, Failure>;
+
 /// Why a command failed: [`RedisStore::call`] names it.
 enum Failure {
     Timeout,
@@ -567,8 +615,8 @@ struct RedisClaim<'a> {
     key: TransactionKey,
 }
 
-impl InFlight<Claim> for RedisClaim<'_> {
-    fn finish(mut self: Box<Self>) -> Result<Claim> {
+impl RedisClaim<'_> {
+    fn finish(mut self) -> Result<Claim> {
         let old = self.sent.finish()?;
         claim_answer(&self.key, old)
     }
@@ -597,15 +645,6 @@ impl Drop for RedisClaim<'_> {
     }
 }
 
-/// The `issued` pipeline sent by [`RedisStore::start_issued`].
-struct RedisWrite<'a>(Sent<'a>);
-
-impl InFlight<()> for RedisWrite<'_> {
-    fn finish(mut self: Box<Self>) -> Result<()> {
-        self.0.finish()
-    }
-}
-
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error) and within Redis' range.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis())
@@ -627,32 +666,62 @@ impl Store for RedisStore {
         })
     }
 
-    /// The claim's `SET … NX PX … GET` written on a blocking connection now; its answer
-    /// read by [`InFlight::finish`] after the RA decryption, from the socket buffer
-    /// where it has arrived meanwhile.
+    /// The claim's `SET … NX PX … GET` sent now, its answer read after the RA
+    /// decryption. On a [`super::blocking_scope`] thread it is written on a blocking
+    /// connection and read from the socket buffer, where it has arrived meanwhile;
+    /// elsewhere it goes through the async connection ([`Overlapped`]).
     fn start_claim<'a>(
         &'a self,
         key: &TransactionKey,
         lease: Duration,
-    ) -> Option<Box<dyn InFlight<Claim> + 'a>> {
-        let sent = self.send("claim", Command::Cmd(self.claim_command(key, lease)), 1)?;
-        Some(Box::new(RedisClaim {
-            sent,
-            key: key.clone(),
-        }))
+    ) -> BoxFuture<'a, Option<InFlight<'a, Claim>>> {
+        let command = Command::Cmd(self.claim_command(key, lease));
+        let key = key.clone();
+        if super::may_block() {
+            let claim = self
+                .send("claim", command, 1)
+                .map(|sent| RedisClaim { sent, key });
+            return Box::pin(std::future::ready(claim.map(|claim| {
+                Box::pin(async move { claim.finish() }) as InFlight<'a, Claim>
+            })));
+        }
+        let call = self.call_owned::<Option<Vec<u8>>>(command);
+        let orphan = self.release_if_won(&key);
+        Box::pin(async move {
+            let sent = Overlapped::send(call, Some(orphan)).await;
+            Some(Box::pin(async move {
+                let (answer, waited) = sent.await;
+                observe::command("redis", "claim", waited, answer.is_ok());
+                claim_answer(&key, answer.map_err(|e| self.unavailable("claim", e))?)
+            }) as InFlight<'a, Claim>)
+        })
     }
 
-    /// The `issued` pipeline written now, its replies read after the CertRep is signed.
+    /// The `issued` pipeline sent now, its replies read after the CertRep is signed
+    /// (the same two ways as [`RedisStore::start_claim`]).
     fn start_issued<'a>(
         &'a self,
         key: &TransactionKey,
         issuer: &[u8],
         serial: &[u8],
         certificate: Arc<[u8]>,
-    ) -> Option<Box<dyn InFlight<()> + 'a>> {
-        let pipe = self.issued_pipeline(key, issuer, serial, certificate);
-        let sent = self.send("issued", Command::Pipe(pipe), 2)?;
-        Some(Box::new(RedisWrite(sent)))
+    ) -> BoxFuture<'a, Option<InFlight<'a, ()>>> {
+        let command = Command::Pipe(self.issued_pipeline(key, issuer, serial, certificate));
+        if super::may_block() {
+            let sent = self.send("issued", command, 2);
+            return Box::pin(std::future::ready(sent.map(|mut sent| {
+                Box::pin(async move { sent.finish() }) as InFlight<'a, ()>
+            })));
+        }
+        let call = self.call_owned::<()>(command);
+        Box::pin(async move {
+            let sent = Overlapped::send(call, None).await;
+            Some(Box::pin(async move {
+                let (answer, waited) = sent.await;
+                observe::command("redis", "issued", waited, answer.is_ok());
+                answer.map_err(|e| self.unavailable("issued", e))
+            }) as InFlight<'a, ()>)
+        })
     }
 
     fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>> {
