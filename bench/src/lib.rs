@@ -378,13 +378,24 @@ pub fn check_reply(requesters: &[Requester], message: &Message, reply: &[u8]) ->
 /// The gateway's full shared state around `pki`, as `Gateway::from_config` assembles
 /// it: memory store, static challenge. For the pipeline bench (`enroll::pki_operation`).
 pub fn gateway(pki: &Pki) -> Result<Arc<Gateway>> {
+    // Large enough that a whole bench run never fills it.
+    gateway_with_store(
+        pki,
+        Arc::new(MemoryStore::new(Duration::from_secs(3600), 10_000_000)),
+    )
+}
+
+/// [`gateway`] with another transaction store (the `ratio` tool's Redis pipeline).
+pub fn gateway_with_store(
+    pki: &Pki,
+    store: Arc<dyn scep_gateway::store::Store>,
+) -> Result<Arc<Gateway>> {
     let ca: Arc<dyn Ca> = pki.ca.clone();
     Ok(Arc::new(Gateway {
         ca_cert: cacert::ca_cert(&pki.ra, ca.chain()),
         ra: pki.ra.clone(),
         ca,
-        // Large enough that a whole bench run never fills it.
-        store: Arc::new(MemoryStore::new(Duration::from_secs(3600), 10_000_000)),
+        store,
         challenge: Arc::new(StaticChallenge::new(Zeroizing::new(CHALLENGE.to_owned()))),
         policy: CryptoPolicy::default(),
         renewal: RenewalConfig::default(),

@@ -14,6 +14,10 @@
 //! ```
 //! `--profile K` runs only K end-to-end enrollments (cycling through the N messages)
 //! after the setup, for a profiler to look at (`perf record`, `valgrind --tool=callgrind`).
+//!
+//! `--redis URL` adds a fourth, interleaved like the others: the same pipeline with the
+//! Redis store (`redis://127.0.0.1:16379/0`; keys under `scep-ratio:`), and prints its
+//! CPU beside the in-process store's. This process's CPU only: Redis's own is not in it.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,7 @@ struct Options {
     batch: usize,
     variants: Vec<Variant>,
     profile: Option<usize>,
+    redis: Option<String>,
 }
 
 fn options() -> Result<Options> {
@@ -33,6 +38,7 @@ fn options() -> Result<Options> {
         batch: 50,
         variants: Variant::ALL.to_vec(),
         profile: None,
+        redis: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -41,6 +47,7 @@ fn options() -> Result<Options> {
             "--n" => options.n = value()?.parse()?,
             "--batch" => options.batch = value()?.parse()?,
             "--profile" => options.profile = Some(value()?.parse()?),
+            "--redis" => options.redis = Some(value()?),
             "--variant" => {
                 let v = value()?;
                 options.variants = if v == "all" {
@@ -130,6 +137,27 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
         .map(|m| bytes::Bytes::from(m.bytes))
         .collect();
     let ops = PrivateOps::new(pki, o.n)?;
+    let redis = match &o.redis {
+        Some(url) => {
+            let _runtime = rt.enter();
+            let store = scep_gateway::store::redis::RedisStore::connect(
+                scep_gateway::store::redis::RedisSettings {
+                    url: url.clone(),
+                    tls_ca_pem: None,
+                    key_prefix: "scep-ratio:".into(),
+                    command_timeout: Duration::from_secs(2),
+                    ttl: Duration::from_secs(600),
+                },
+            )?;
+            let gateway = scep_bench::gateway_with_store(pki, std::sync::Arc::new(store))?;
+            let msgs: Vec<bytes::Bytes> = build(&format!("{}-redis", pki.variant.name()))?
+                .into_iter()
+                .map(|m| bytes::Bytes::from(m.bytes))
+                .collect();
+            Some((gateway, msgs))
+        }
+        None => None,
+    };
 
     // Every enrollment measured must be a working one: check one reply of each kind.
     let reply = scep_bench::enroll(pki, &rt, &e2e_msgs[0].bytes)?;
@@ -146,10 +174,12 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
         );
         return Ok(());
     }
-    let pipeline = |i: usize| -> Result<()> {
+    let through = |gateway: &std::sync::Arc<scep_gateway::service::Gateway>,
+                   message: &bytes::Bytes|
+     -> Result<()> {
         let (reply, summary) = rt.block_on(scep_gateway::enroll::pki_operation(
             gateway.clone(),
-            pipe_msgs[i].clone(),
+            message.clone(),
         ));
         reply?;
         if summary.outcome != "success" {
@@ -159,28 +189,45 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
         }
         Ok(())
     };
+    let pipeline = |i: usize| through(&gateway, &pipe_msgs[i]);
 
     let (mut e2e, mut pipe, mut bare) = (Tally::default(), Tally::default(), Tally::default());
-    let (mut r_e2e, mut r_pipe) = (Vec::new(), Vec::new());
+    let mut piped_redis = Tally::default();
+    let (mut r_e2e, mut r_pipe, mut r_redis) = (Vec::new(), Vec::new(), Vec::new());
+    let kinds = if redis.is_some() { 4 } else { 3 };
     let mut start = 0;
     let mut round = 0;
     while start < o.n {
         let batch = o.batch.min(o.n - start);
         let (mut a, mut b, mut c) = (Tally::default(), Tally::default(), Tally::default());
-        // Rotate the order so that none of the three always runs first (warm caches,
+        let mut d = Tally::default();
+        // Rotate the order so that none of the kinds always runs first (warm caches,
         // a neighbour's burst at the start of a round).
-        for k in 0..3 {
-            match (round + k) % 3 {
+        for k in 0..kinds {
+            match (round + k) % kinds {
                 0 => timed(&mut a, start, batch, |i| {
                     scep_bench::enroll(pki, &rt, &e2e_msgs[i].bytes).map(drop)
                 })?,
                 1 => timed(&mut b, start, batch, pipeline)?,
-                _ => timed(&mut c, start, batch, |i| ops.all(i))?,
+                2 => timed(&mut c, start, batch, |i| ops.all(i))?,
+                _ => {
+                    if let Some((gateway, msgs)) = &redis {
+                        timed(&mut d, start, batch, |i| through(gateway, &msgs[i]))?;
+                    }
+                }
             }
         }
         r_e2e.push(a.cpu.as_secs_f64() / c.cpu.as_secs_f64());
         r_pipe.push(b.cpu.as_secs_f64() / c.cpu.as_secs_f64());
-        for (total, part) in [(&mut e2e, a), (&mut pipe, b), (&mut bare, c)] {
+        if redis.is_some() {
+            r_redis.push(b.cpu.as_secs_f64() / d.cpu.as_secs_f64());
+        }
+        for (total, part) in [
+            (&mut e2e, a),
+            (&mut pipe, b),
+            (&mut bare, c),
+            (&mut piped_redis, d),
+        ] {
             total.wall += part.wall;
             total.cpu += part.cpu;
             total.ops += part.ops;
@@ -218,6 +265,19 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
         "  pipeline   / private_ops = {c:.3} (cpu), {w:.3} (wall); median of {round} rounds (cpu) {:.3}",
         median(r_pipe)
     );
+    if redis.is_some() {
+        let (wall, cpu) = piped_redis.per_op_us();
+        println!(
+            "  {:<34} wall {wall:8.1} µs/op   cpu {cpu:8.1} µs/op",
+            "pipeline, Redis store"
+        );
+        println!(
+            "  pipeline (in-process store) / pipeline (Redis) = {:.3} (cpu), {:.3} (wall); median of {round} rounds (cpu) {:.3}",
+            pipe.cpu.as_secs_f64() / piped_redis.cpu.as_secs_f64(),
+            pipe.wall.as_secs_f64() / piped_redis.wall.as_secs_f64(),
+            median(r_redis)
+        );
+    }
     Ok(())
 }
 
