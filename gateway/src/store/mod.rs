@@ -124,7 +124,8 @@ thread_local! {
 /// network I/O synchronously, blocking the thread.
 ///
 /// Only `enroll.rs` takes it, on the tokio blocking-pool thread that runs a whole
-/// PKIOperation (`Handle::block_on`). There a shared store talks to Redis over a plain
+/// PKIOperation (`Handle::block_on`) of a configuration that may block (an HSM key, an
+/// upstream CA, a webhook); an operation run inline on a worker never has it. There a shared store talks to Redis over a plain
 /// blocking connection (write, then sleep in `read` until the answer): one wake-up per
 /// round trip, where the async connection costs four or five cross-thread wake-ups
 /// (blocking thread → connection task on a worker → back), which on a VM cost more CPU

@@ -19,15 +19,17 @@
 //! and never an issuance without a claim. The service resumes without a restart.
 //!
 //! Two kinds of connection, one set of commands ([`Command`]):
-//! - the PKIOperation path runs on tokio's blocking pool inside
-//!   [`super::blocking_scope`]; there each call takes a plain blocking connection from a
-//!   small pool (made on demand, dropped after any error, so a Redis restart costs one
-//!   failed call at most, retried at once on a new connection);
-//! - everything else (readiness, the admin endpoint, background polling) uses the
-//!   async `ConnectionManager`, which reconnects by itself.
+//! - a PKIOperation on tokio's blocking pool (HSM keys, upstream CAs, a webhook or Intune
+//!   challenge) runs inside [`super::blocking_scope`]; there each call takes a plain
+//!   blocking connection from a small pool (made on demand, dropped after any error, so a
+//!   Redis restart costs one failed call at most, retried at once on a new connection);
+//! - everything else — a PKIOperation run inline on a worker (software keys), readiness,
+//!   the admin endpoint, background polling — uses the async `ConnectionManager`, which
+//!   reconnects by itself; an inline PKIOperation's claim and issued record are
+//!   [`Overlapped`] with its RSA work.
 //!
-//! The blocking path exists for CPU, not latency: a round trip through the async
-//! connection wakes four or five threads (bench/README.md, "Redis store").
+//! The blocking path exists for CPU, not latency: from a blocking-pool thread a round trip
+//! through the async connection wakes four or five threads (bench/README.md, "Redis store").
 //!
 //! Keys (`prefix` defaults to `scep:`):
 //! ```text
