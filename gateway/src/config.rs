@@ -363,8 +363,10 @@ pub struct StoreConfig {
     /// How long a finished transaction and an issued certificate (GetCert) are kept, so
     /// that a retry gets the same answer.
     pub transaction_ttl_secs: u64,
-    /// Most transactions kept in memory (memory backend only); beyond it new
-    /// transactions are refused with HTTP 503 until old ones expire.
+    /// Most transactions kept in memory (memory backend only; ≈ 1.5–2.5 KB each with
+    /// its certificate). A full store drops its oldest finished transactions first
+    /// (`store::memory`); new ones are refused with HTTP 503 only when every one left is
+    /// live (claimed or pending).
     pub max_transactions: usize,
     /// How long a claimed transaction stays claimed if the replica working on it dies;
     /// a retry elsewhere proceeds after it. Default: `server.request_timeout_secs`, at
@@ -397,7 +399,7 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: StoreBackend::Memory,
             transaction_ttl_secs: 7 * 24 * 3600,
-            max_transactions: 1_000_000,
+            max_transactions: 50_000,
             claim_lease_secs: None,
             url: None,
             url_env: None,
@@ -732,8 +734,9 @@ require_same_subject = true
 backend = "memory"
 # How long a finished transaction and its certificate are remembered (retries, GetCert).
 transaction_ttl_secs = 604800
-# Memory backend: most transactions kept.
-max_transactions = 1000000
+# Memory backend: most transactions kept (~1.5-2.5 KB each); when full, the oldest
+# finished ones are dropped first.
+max_transactions = 50000
 # How long a claim outlives a replica that died mid-request (default: request timeout, >= 30).
 # claim_lease_secs = 30
 # Redis backend: the URL, or the environment variable holding it (when it has a password).

@@ -29,6 +29,7 @@ pub const STORE_DURATION: &str = "scep_store_command_duration_seconds";
 pub const STORE_ERRORS: &str = "scep_store_command_errors_total";
 pub const STORE_CLAIMS: &str = "scep_store_claims_total";
 pub const STORE_RETRIES: &str = "scep_store_retries_answered_total";
+pub const STORE_EVICTED: &str = "scep_store_evicted_total";
 pub const CERT_EXPIRY: &str = "scep_cert_expiry_seconds";
 pub const LEGACY_CRYPTO: &str = "scep_legacy_crypto_total";
 pub const BUILD_INFO: &str = "scep_build_info";
@@ -121,6 +122,10 @@ fn describe() {
     describe_counter!(
         STORE_RETRIES,
         "Retried PKCSReq and CertPoll answered with a certificate recorded earlier"
+    );
+    describe_counter!(
+        STORE_EVICTED,
+        "Finished transactions dropped before their TTL because the in-process store was full"
     );
     describe_gauge!(
         CERT_EXPIRY,
@@ -273,6 +278,11 @@ pub fn store_claim(outcome: &'static str) {
 /// A retry (`kind`: pkcsreq, certpoll) answered from the store.
 pub fn store_retry_answered(kind: &'static str) {
     counter!(STORE_RETRIES, "kind" => kind).increment(1);
+}
+
+/// `n` finished transactions evicted from a full in-process store.
+pub fn store_evicted(n: usize) {
+    counter!(STORE_EVICTED).increment(n as u64);
 }
 
 // --- Certificates --------------------------------------------------------------------

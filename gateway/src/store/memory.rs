@@ -2,6 +2,14 @@
 //!
 //! dashmap shards its locks, and no lock is held across an await (every method does its
 //! map work synchronously and returns a ready future).
+//!
+//! Memory is bounded by `max_entries` transactions (about 2.5 KB each with an issued
+//! certificate). A full store first drops what has expired, then the oldest *finished*
+//! transactions (an issued certificate: what a very late retry would be answered with),
+//! a tenth of the bound at a time; claims in progress and pending requests are never
+//! dropped, so that no transaction is issued twice while it is live. A retry of an evicted
+//! transaction is enrolled again. Only when everything left is live does the store refuse
+//! (HTTP 503): a store sized below the requests in flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +44,8 @@ pub struct MemoryStore {
     otps: Mutex<HashMap<[u8; 32], (OtpRecord, Instant)>>,
     ttl: Duration,
     max_entries: usize,
+    /// Held while a full store evicts, so that concurrent claims do not all scan it.
+    evicting: Mutex<()>,
 }
 
 impl MemoryStore {
@@ -46,6 +56,7 @@ impl MemoryStore {
             otps: Mutex::new(HashMap::new()),
             ttl,
             max_entries,
+            evicting: Mutex::new(()),
         }
     }
 
@@ -81,13 +92,54 @@ impl MemoryStore {
     }
 
     fn ensure_room(&self) -> Result<()> {
+        if self.transactions.len() < self.max_entries {
+            return Ok(());
+        }
+        // One claim makes room for the next tenth; the others wait for it briefly.
+        let _evicting = self.evicting.lock().unwrap_or_else(|e| e.into_inner());
         if self.transactions.len() >= self.max_entries {
             self.sweep();
-            if self.transactions.len() >= self.max_entries {
-                return Err(Error::Unavailable("the transaction store is full".into()));
+        }
+        if self.transactions.len() >= self.max_entries {
+            let evicted = self.evict_oldest_finished((self.max_entries / 10).max(1));
+            if evicted > 0 {
+                super::observe::evicted(evicted);
+                tracing::warn!(
+                    evicted,
+                    max_transactions = self.max_entries,
+                    "the transaction store is full: the oldest finished transactions were dropped before their TTL (raise [store] max_transactions, or use Redis)"
+                );
             }
         }
+        if self.transactions.len() >= self.max_entries {
+            return Err(Error::Unavailable(
+                "the transaction store is full of live transactions".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Drops about `n` of the finished transactions that would expire first (the oldest),
+    /// and the GetCert entries as old; returns how many transactions went.
+    fn evict_oldest_finished(&self, n: usize) -> usize {
+        let mut finished: Vec<Instant> = self
+            .transactions
+            .iter()
+            .filter(|e| matches!(e.record, Record::Issued { .. }))
+            .map(|e| e.expires)
+            .collect();
+        if finished.is_empty() {
+            return 0;
+        }
+        let nth = n.min(finished.len()) - 1;
+        let (_, cutoff, _) = finished.select_nth_unstable(nth);
+        let cutoff = *cutoff;
+        let before = self.transactions.len();
+        self.transactions
+            .retain(|_, e| !(matches!(e.record, Record::Issued { .. }) && e.expires <= cutoff));
+        self.certificates
+            .retain(|_, (_, expires)| *expires > cutoff);
+        before.saturating_sub(self.transactions.len())
     }
 
     fn claim_now(&self, key: &TransactionKey, lease: Duration) -> Result<Claim> {
@@ -301,7 +353,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_store_refuses_instead_of_growing() {
+    async fn a_store_full_of_live_claims_refuses_instead_of_growing() {
         let store = MemoryStore::new(Duration::from_secs(60), 2);
         for i in 0..2 {
             store
@@ -313,6 +365,42 @@ mod tests {
             store.claim(&key("t9", b"k"), Duration::from_secs(5)).await,
             Err(Error::Unavailable(_))
         ));
+    }
+
+    /// Full: the oldest finished transactions (and their GetCert entries) make room; a
+    /// claim in progress or a pending request is never dropped.
+    #[tokio::test]
+    async fn a_full_store_drops_its_oldest_finished_transactions_never_live_ones() {
+        let lease = Duration::from_secs(30);
+        let store = MemoryStore::new(Duration::from_secs(600), 20);
+        let live = key("live", b"k");
+        assert_eq!(store.claim(&live, lease).await.unwrap(), Claim::Won);
+        let pending = key("pending", b"k");
+        store.claim(&pending, lease).await.unwrap();
+        store.finish(&pending, Record::Pending).await.unwrap();
+        for i in 0..18u8 {
+            let k = key(&format!("done-{i:02}"), b"k");
+            store.claim(&k, lease).await.unwrap();
+            store
+                .issued(&k, b"issuer", &[i], Arc::from(&[i][..]))
+                .await
+                .unwrap();
+            // Distinct expiry instants, in order.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Full (20): the next claim drops the oldest tenth (2) of the finished ones.
+        assert_eq!(
+            store.claim(&key("new", b"k"), lease).await.unwrap(),
+            Claim::Won
+        );
+        assert_eq!(store.get(&key("done-00", b"k")).await.unwrap(), None);
+        assert_eq!(store.get(&key("done-01", b"k")).await.unwrap(), None);
+        assert!(store.certificate(b"issuer", &[0]).await.unwrap().is_none());
+        assert!(store.get(&key("done-02", b"k")).await.unwrap().is_some());
+        assert!(store.certificate(b"issuer", &[2]).await.unwrap().is_some());
+        assert_eq!(store.get(&live).await.unwrap(), Some(Record::InProgress));
+        assert_eq!(store.get(&pending).await.unwrap(), Some(Record::Pending));
+        assert_eq!(store.transactions.len(), 19);
     }
 
     #[tokio::test]

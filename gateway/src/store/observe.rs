@@ -28,3 +28,8 @@ pub fn claim(claim: &Claim) {
 pub fn retry_answered(kind: &'static str) {
     metrics::store_retry_answered(kind);
 }
+
+/// Finished transactions dropped from a full in-process store before their TTL.
+pub fn evicted(n: usize) {
+    metrics::store_evicted(n);
+}
