@@ -954,7 +954,7 @@ fn a_profile_naming_an_unknown_challenge_is_a_start_up_error() {
 
 /// An upstream that issues and then loses its answer. `lost_answer = "poll"`: the device
 /// gets PENDING, nothing goes to the next CA, and its CertPoll fetches the one
-/// certificate. The default (`fail-over`): the next CA serves the device at once, and the
+/// certificate; lost answers still open the CA's breaker, so later devices fail over. The default (`fail-over`): the next CA serves the device at once, and the
 /// lost certificate is a second one for the transaction (what "poll" is for).
 #[test]
 fn a_lost_answer_is_polled_on_the_ca_that_may_have_issued_never_issued_again() {
@@ -984,6 +984,25 @@ fn a_lost_answer_is_polled_on_the_ca_that_may_have_issued_never_issued_again() {
     );
     let text = scrape(&gw);
     assert!(sample(&text, "scep_ca_requests_total", &[("ca", "backup")]).is_none());
+
+    // A lost answer is still the CA not answering: after `failure_threshold` (2) of them
+    // with no answered request in between (the CertPoll above was one; the probes that
+    // GetCACaps answers do not count), its breaker opens and new devices go to the next
+    // CA, while the pending ones stay.
+    for name in ["lost-answer-device-2", "lost-answer-device-3"] {
+        let device = Device::new(&gw, name, None);
+        assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    }
+    let text = scrape(&gw);
+    assert_eq!(
+        sample(&text, "scep_ca_breaker_open", &[("ca", "flaky")]),
+        Some(1.0),
+        "{text}"
+    );
+    let certificate = enroll(&gw, "after-the-breaker-opened", None).certificate();
+    let backup_pem = dir.path().join("backup.pem");
+    write_pem(&backup_pem, "CERTIFICATE", &backup_ca);
+    verify_against(&certificate, &backup_pem);
     gw.assert_healthy();
 
     // The default: failed over at once, the device served by the backup.
@@ -996,8 +1015,6 @@ fn a_lost_answer_is_polled_on_the_ca_that_may_have_issued_never_issued_again() {
     ]);
     eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
     let certificate = enroll(&gw, "failed-over-device", None).certificate();
-    let backup_pem = dir.path().join("backup.pem");
-    write_pem(&backup_pem, "CERTIFICATE", &backup_ca);
     verify_against(&certificate, &backup_pem);
     assert_eq!(issued.lock().unwrap().len(), 1, "the lost one exists too");
 }

@@ -3,7 +3,7 @@
 //! GetCACaps every few seconds), and a window of recent latencies for hedging.
 //!
 //! ```text
-//!            threshold consecutive outages
+//!            threshold outages, no answered request in between
 //!   Closed ───────────────────────────────▶ Open (back-off b)
 //!     ▲                                      │ b elapsed: one request may try
 //!     │ success (request or probe)           ▼
@@ -11,7 +11,9 @@
 //! ```
 //! A policy answer (CertRep FAILURE) is the CA working: it counts as a success. Only an
 //! outage counts against the CA (the issue's rule: a refusal is final and is no reason to
-//! fail over). No lock is held across an await: every method is synchronous.
+//! fail over). A probe's answer closes an open breaker but does not clear the outages a
+//! closed one has counted: a CA that answers GetCACaps and loses every PKIOperation must
+//! still open. No lock is held across an await: every method is synchronous.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -111,6 +113,17 @@ impl Breaker {
         let was_closed = matches!(*state, State::Closed { .. });
         *state = State::Closed { failures: 0 };
         (!was_closed).then_some(Transition::Closed)
+    }
+
+    /// A probe was answered: an open (or half-open) breaker closes; a closed one keeps
+    /// its count of request outages (see the module doc).
+    pub fn probe_answered(&self) -> Option<Transition> {
+        let mut state = self.lock();
+        if matches!(*state, State::Closed { .. }) {
+            return None;
+        }
+        *state = State::Closed { failures: 0 };
+        Some(Transition::Closed)
     }
 
     /// The CA did not answer usefully (an outage).
@@ -272,12 +285,22 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_success_closes_an_open_breaker() {
+    fn a_probe_answer_closes_an_open_breaker() {
         let b = breaker(1, 60_000);
         b.failure();
         assert_eq!(b.allow(), Permit::Refused);
-        assert_eq!(b.success(), Some(Transition::Closed));
+        assert_eq!(b.probe_answered(), Some(Transition::Closed));
         assert_eq!(b.allow(), Permit::Go);
+    }
+
+    /// A CA that answers GetCACaps but not requests: the probes in between do not
+    /// clear the requests' outages.
+    #[test]
+    fn a_probe_answer_does_not_clear_the_outages_of_requests() {
+        let b = breaker(2, 60_000);
+        assert_eq!(b.failure(), None);
+        assert_eq!(b.probe_answered(), None);
+        assert!(matches!(b.failure(), Some(Transition::Opened { .. })));
     }
 
     #[test]

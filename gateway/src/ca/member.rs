@@ -114,8 +114,9 @@ impl Member {
                         )
                         .await
                     }
-                    Backend::Upstream(ca) => ca.enroll(&request.csr).await,
+                    Backend::Upstream(ca) => return ca.enroll(&request.csr).await,
                 }
+                .into()
             })
         })
         .await
@@ -129,6 +130,7 @@ impl Member {
                     Backend::Embedded(ca) => ca.poll(&ticket).await,
                     Backend::Upstream(ca) => ca.poll_ticket(&ticket).await,
                 }
+                .into()
             })
         })
         .await
@@ -136,7 +138,7 @@ impl Member {
 
     async fn guarded<'a, F>(&'a self, call: F) -> Result<IssueOutcome>
     where
-        F: FnOnce(&'a Backend) -> BoxFuture<'a, Result<IssueOutcome>>,
+        F: FnOnce(&'a Backend) -> BoxFuture<'a, Attempted>,
     {
         let permit = self.breaker.allow();
         if permit == Permit::Refused {
@@ -154,7 +156,10 @@ impl Member {
         };
         let started = Instant::now();
         let in_flight = InFlight::start(&self.name);
-        let result = tokio::time::timeout(self.timeout, call(&self.backend))
+        let Attempted {
+            result,
+            answer_lost,
+        } = tokio::time::timeout(self.timeout, call(&self.backend))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Unavailable(format!(
@@ -162,10 +167,12 @@ impl Member {
                     self.name,
                     self.timeout.as_millis()
                 )))
+                .into()
             });
         drop(in_flight);
         trial.0 = None;
         let outcome = match &result {
+            _ if answer_lost => "unavailable",
             Ok(IssueOutcome::Issued { .. }) => "success",
             Ok(IssueOutcome::Pending { .. }) => "pending",
             Err(Error::Unavailable(_)) => "unavailable",
@@ -174,6 +181,12 @@ impl Member {
         metrics::ca_request(&self.name, outcome, started.elapsed());
         match &result {
             Err(e @ Error::Unavailable(_)) => self.outage(e),
+            // Kept PENDING on this CA, but the CA did not answer: its breaker counts it,
+            // so that a CA that takes requests and never answers stops getting new ones.
+            Ok(_) if answer_lost => self.outage(&Error::Unavailable(format!(
+                "CA {}: the answer to a request was lost",
+                self.name
+            ))),
             _ => {
                 self.latency.record(started.elapsed());
                 self.answered("a request");
@@ -239,7 +252,12 @@ impl Member {
                     )))
                 });
             match result {
-                Ok(()) => self.answered("the probe"),
+                Ok(()) => {
+                    if let Some(Transition::Closed) = self.breaker.probe_answered() {
+                        metrics::ca_breaker(&self.name, false);
+                        tracing::info!(ca = %self.name, by = "the probe", "circuit breaker closed: CA answers again");
+                    }
+                }
                 Err(e) if first => {
                     tracing::warn!(ca = %self.name, error = %e, "CA unreachable at start");
                     if let Some(Transition::Opened { backoff }) = self.breaker.force_open() {
@@ -251,6 +269,22 @@ impl Member {
             }
             first = false;
             tokio::time::sleep(self.probe_interval).await;
+        }
+    }
+}
+
+/// What one call to a CA gave: its result and, for an upstream's PKCSReq kept PENDING
+/// because its answer was lost (`lost_answer = "poll"`), that the CA did not answer.
+pub(super) struct Attempted {
+    pub(super) result: Result<IssueOutcome>,
+    pub(super) answer_lost: bool,
+}
+
+impl From<Result<IssueOutcome>> for Attempted {
+    fn from(result: Result<IssueOutcome>) -> Self {
+        Attempted {
+            result,
+            answer_lost: false,
         }
     }
 }

@@ -297,8 +297,22 @@ impl UpstreamCa {
         }
     }
 
-    /// PKCSReq with the device's CSR, forwarded as received.
-    pub async fn enroll(&self, csr: &CertificationRequest) -> Result<IssueOutcome> {
+    /// PKCSReq with the device's CSR, forwarded as received. `answer_lost` is set when the
+    /// answer was lost and the request kept PENDING ([`LostAnswer::Poll`]).
+    pub(super) async fn enroll(&self, csr: &CertificationRequest) -> super::member::Attempted {
+        let mut answer_lost = false;
+        let result = self.enroll_inner(csr, &mut answer_lost).await;
+        super::member::Attempted {
+            result,
+            answer_lost,
+        }
+    }
+
+    async fn enroll_inner(
+        &self,
+        csr: &CertificationRequest,
+        answer_lost: &mut bool,
+    ) -> Result<IssueOutcome> {
         let learnt = self.learnt().await?;
         let spec = self.spec(&learnt, MessageType::PkcsReq, random_transaction_id()?);
         let issuer = learnt.chain.first().map(|c| c.to_vec()).unwrap_or_default();
@@ -315,6 +329,7 @@ impl UpstreamCa {
             Ok(body) => body,
             Err(Unanswered::Lost(e)) if self.settings.lost_answer == LostAnswer::Poll => {
                 tracing::warn!(ca = %self.settings.name, error = %e, "the request reached the CA but its answer was lost: kept PENDING on this CA (lost_answer = \"poll\"); CertPoll asks it");
+                *answer_lost = true;
                 return Ok(IssueOutcome::Pending {
                     ticket: poll.encode(),
                     ca: self.settings.name.as_str().into(),
@@ -600,7 +615,7 @@ impl UpstreamCa {
 impl Ca for UpstreamCa {
     fn issue<'a>(&'a self, request: IssueRequest<'a>) -> BoxFuture<'a, Result<Issued>> {
         Box::pin(async move {
-            match self.enroll(request.csr).await? {
+            match self.enroll(request.csr).await.result? {
                 IssueOutcome::Issued { issued, .. } => Ok(issued),
                 IssueOutcome::Pending { .. } => Err(Error::Unavailable(format!(
                     "upstream CA {} answered PENDING",
@@ -615,7 +630,7 @@ impl Ca for UpstreamCa {
         request: IssueRequest<'a>,
         _route: Route<'a>,
     ) -> BoxFuture<'a, Result<IssueOutcome>> {
-        Box::pin(self.enroll(request.csr))
+        Box::pin(async move { self.enroll(request.csr).await.result })
     }
 
     fn poll<'a>(&'a self, ticket: &'a [u8]) -> BoxFuture<'a, Result<IssueOutcome>> {
