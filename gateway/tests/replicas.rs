@@ -375,3 +375,59 @@ fn a_redis_outage_makes_replicas_unready_and_they_recover_without_restart() {
         fleet.replicas[i].assert_healthy();
     }
 }
+
+/// A hung Redis (frozen, not dead): every enrollment that needs it gets HTTP 503 within
+/// `command_timeout_ms`, and while they wait nothing else waits with them. Enrollments run
+/// on the tokio workers and await Redis there (`Gateway::inline`), so a blocked worker
+/// would show as a slow GetCACaps. Thawed, the replica enrolls again by itself.
+#[test]
+fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
+    let mut fleet = Fleet::start(1);
+    wait_ready(fleet.addr(0), 200, Duration::from_secs(5));
+    let warm = Device::new("before-the-hang");
+    let (spec, message) = warm.pkcsreq(&fleet.ra);
+    assert_eq!(
+        warm.exchange(fleet.addr(0), &spec, &message).status,
+        PkiStatus::Success
+    );
+
+    fleet.redis.pause();
+    // More enrollments at once than the replica has worker threads.
+    let addr = fleet.addr(0);
+    let waiting: Vec<_> = (0..8)
+        .map(|i| {
+            let device = Device::new(&format!("during-the-hang-{i}"));
+            let (_, message) = device.pkcsreq(&fleet.ra);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let response = post(addr, "/scep?operation=PKIOperation", &message);
+                (response.status, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(get(addr, "/scep?operation=GetCACaps").status, 200);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "GetCACaps took {took:?} while enrollments waited on Redis"
+        );
+    }
+    for handle in waiting {
+        let (status, took) = handle.join().unwrap();
+        assert_eq!(status, 503);
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+    }
+
+    fleet.redis.resume();
+    wait_ready(addr, 200, Duration::from_secs(10));
+    let after = Device::new("after-the-hang");
+    let (spec, message) = after.pkcsreq(&fleet.ra);
+    assert_eq!(
+        after.exchange(addr, &spec, &message).status,
+        PkiStatus::Success
+    );
+    fleet.replicas[0].assert_healthy();
+}

@@ -88,6 +88,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections are still accepted by the kernel and
+    /// commands still sent, but nothing is answered: a hung Redis, not a dead one.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`RedisServer::pause`]d server (SIGCONT): it answers what was queued.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}: {status:?}");
+    }
+
     /// Starts it again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.stop();
