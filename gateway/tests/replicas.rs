@@ -116,6 +116,18 @@ impl Device {
         )
     }
 
+    /// A first PKCSReq to `addr`, which must be answered SUCCESS.
+    fn enrolls(&self, addr: SocketAddr, ra: &[u8]) {
+        let (spec, message) = self.pkcsreq(ra);
+        let reply = self.exchange(addr, &spec, &message);
+        assert_eq!(
+            reply.status,
+            PkiStatus::Success,
+            "{:?}",
+            reply.fail_info_text
+        );
+    }
+
     /// Sends a pkiMessage and reads the CertRep (HTTP 200 required).
     fn exchange(&self, addr: SocketAddr, spec: &MessageSpec, message: &[u8]) -> Reply {
         let response = post(addr, "/scep?operation=PKIOperation", message);
@@ -324,12 +336,7 @@ fn a_redis_outage_makes_replicas_unready_and_they_recover_without_restart() {
     let ready = wait_ready(fleet.addr(0), 200, Duration::from_secs(5));
     assert_eq!(ready.body, br#"{"ready":true}"#);
     assert_eq!(ready.header("content-type"), Some("application/json"));
-    let before = Device::new("before-outage");
-    let (spec, message) = before.pkcsreq(&fleet.ra);
-    assert_eq!(
-        before.exchange(fleet.addr(0), &spec, &message).status,
-        PkiStatus::Success
-    );
+    Device::new("before-outage").enrolls(fleet.addr(0), &fleet.ra);
 
     fleet.redis.stop();
     for i in 0..2 {
@@ -384,12 +391,7 @@ fn a_redis_outage_makes_replicas_unready_and_they_recover_without_restart() {
 fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
     let mut fleet = Fleet::start(1);
     wait_ready(fleet.addr(0), 200, Duration::from_secs(5));
-    let warm = Device::new("before-the-hang");
-    let (spec, message) = warm.pkcsreq(&fleet.ra);
-    assert_eq!(
-        warm.exchange(fleet.addr(0), &spec, &message).status,
-        PkiStatus::Success
-    );
+    Device::new("before-the-hang").enrolls(fleet.addr(0), &fleet.ra);
 
     fleet.redis.pause();
     // More enrollments at once than the replica has worker threads.
@@ -423,11 +425,6 @@ fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
 
     fleet.redis.resume();
     wait_ready(addr, 200, Duration::from_secs(10));
-    let after = Device::new("after-the-hang");
-    let (spec, message) = after.pkcsreq(&fleet.ra);
-    assert_eq!(
-        after.exchange(addr, &spec, &message).status,
-        PkiStatus::Success
-    );
+    Device::new("after-the-hang").enrolls(addr, &fleet.ra);
     fleet.replicas[0].assert_healthy();
 }

@@ -126,7 +126,8 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     ttl: Duration,
-    release: redis::Script,
+    /// Shared with the tasks that release an unread claim ([`RedisStore::release_if_won`]).
+    release: Arc<redis::Script>,
     put_otp: redis::Script,
 }
 
@@ -189,7 +190,7 @@ impl RedisStore {
             prefix: settings.key_prefix,
             timeout: settings.command_timeout,
             ttl: settings.ttl,
-            release: redis::Script::new(RELEASE),
+            release: Arc::new(redis::Script::new(RELEASE)),
             put_otp: redis::Script::new(PUT_OTP),
         })
     }
@@ -289,14 +290,13 @@ impl RedisStore {
         Box::pin(async move { run_async(manager, timeout, &command).await })
     }
 
-    /// A claim's answer nobody awaited: a claim it won is released, so that the
-    /// transaction is not held until its lease runs out.
-    fn release_if_won(&self, key: &TransactionKey) -> Orphan<ClaimAnswer> {
+    /// A claim's answer nobody awaited: a claim it won (`redis_key` holding `ours`, the
+    /// claim's own value) is released, so that the transaction is not held until its
+    /// lease runs out.
+    fn release_if_won(&self, redis_key: String, ours: Vec<u8>) -> Orphan<ClaimAnswer> {
         let manager = self.manager.clone();
         let timeout = self.timeout;
         let script = self.release.clone();
-        let redis_key = self.transaction_key(key);
-        let ours = codec::encode(&key.key_hash, &Record::InProgress);
         Box::new(move |answer| {
             Box::pin(async move {
                 if !matches!(answer, Ok(None)) {
@@ -409,15 +409,23 @@ impl RedisStore {
         })
     }
 
-    fn claim_command(&self, key: &TransactionKey, lease: Duration) -> redis::Cmd {
+    /// The claim of `key`: its Redis key and the value it sets (our InProgress record),
+    /// and the `SET … NX PX … GET` that sets it.
+    fn claim_command(
+        &self,
+        key: &TransactionKey,
+        lease: Duration,
+    ) -> (String, Vec<u8>, redis::Cmd) {
+        let redis_key = self.transaction_key(key);
+        let ours = codec::encode(&key.key_hash, &Record::InProgress);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.transaction_key(key))
-            .arg(codec::encode(&key.key_hash, &Record::InProgress))
+        cmd.arg(&redis_key)
+            .arg(&ours)
             .arg("NX")
             .arg("PX")
             .arg(millis(lease))
             .arg("GET");
-        cmd
+        (redis_key, ours, cmd)
     }
 
     fn idle_connection(&self) -> Option<redis::Connection> {
@@ -662,7 +670,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Claim>> {
         Box::pin(async move {
             let old = self
-                .call("claim", Command::Cmd(self.claim_command(key, lease)))
+                .call("claim", Command::Cmd(self.claim_command(key, lease).2))
                 .await?;
             claim_answer(key, old)
         })
@@ -677,7 +685,8 @@ impl Store for RedisStore {
         key: &TransactionKey,
         lease: Duration,
     ) -> BoxFuture<'a, Option<InFlight<'a, Claim>>> {
-        let command = Command::Cmd(self.claim_command(key, lease));
+        let (redis_key, ours, command) = self.claim_command(key, lease);
+        let command = Command::Cmd(command);
         let key = key.clone();
         if super::may_block() {
             let claim = self
@@ -688,7 +697,7 @@ impl Store for RedisStore {
             })));
         }
         let call = self.call_owned::<Option<Vec<u8>>>(command);
-        let orphan = self.release_if_won(&key);
+        let orphan = self.release_if_won(redis_key, ours);
         Box::pin(async move {
             let sent = Overlapped::send(call, Some(orphan)).await;
             Some(Box::pin(async move {
