@@ -276,27 +276,7 @@ fn client_certificate(dir: &std::path::Path, name: &str, cn: &str, foreign: bool
         common::issue_leaf(dir, name, &subject, "extendedKeyUsage=clientAuth\n");
         return;
     }
-    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-    common::openssl_in(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-subj",
-            &subject,
-            "-days",
-            "1",
-            "-addext",
-            "extendedKeyUsage=clientAuth",
-        ],
-    );
+    common::self_signed_in(dir, name, &subject, &["extendedKeyUsage=clientAuth"]);
 }
 
 #[test]

@@ -645,29 +645,32 @@ pub fn issue_leaf(dir: &Path, name: &str, subject: &str, extensions: &str) {
     ]);
 }
 
+/// A self-signed certificate for `subject`, valid a day, with `-addext` `extensions`,
+/// written as `<name>.pem` and `<name>.key` in `dir`.
+pub fn self_signed_in(dir: &Path, name: &str, subject: &str, extensions: &[&str]) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    let mut args = vec![
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-subj",
+        subject, "-days", "1",
+    ];
+    for extension in extensions {
+        args.extend(["-addext", extension]);
+    }
+    openssl_in(dir, &args);
+}
+
 /// A test CA and a server certificate for IP 127.0.0.1, made with the `openssl` CLI.
 /// Returns (CA PEM, server chain PEM, server key PEM).
 pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| openssl_in(dir, args);
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
+    self_signed_in(
+        dir,
+        "ca",
         "/CN=test CA",
-        "-days",
-        "1",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=keyCertSign,cRLSign",
-    ]);
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=keyCertSign,cRLSign",
+        ],
+    );
     issue_leaf(
         dir,
         "server",
