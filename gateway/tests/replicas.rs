@@ -396,9 +396,12 @@ fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
     fleet.redis.pause();
     // More enrollments at once than the replica has worker threads.
     let addr = fleet.addr(0);
-    let waiting: Vec<_> = (0..8)
-        .map(|i| {
-            let device = Device::new(&format!("during-the-hang-{i}"));
+    let devices: Vec<_> = (0..8)
+        .map(|i| Device::new(&format!("during-the-hang-{i}")))
+        .collect();
+    let waiting: Vec<_> = devices
+        .iter()
+        .map(|device| {
             let (_, message) = device.pkcsreq(&fleet.ra);
             std::thread::spawn(move || {
                 let started = Instant::now();
@@ -426,5 +429,10 @@ fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
     fleet.redis.resume();
     wait_ready(addr, 200, Duration::from_secs(10));
     Device::new("after-the-hang").enrolls(addr, &fleet.ra);
+    // The claims sent into the hang landed when Redis resumed, and were released right
+    // after them: the devices' retries enroll now, not PENDING until the lease runs out.
+    for device in &devices {
+        device.enrolls(addr, &fleet.ra);
+    }
     fleet.replicas[0].assert_healthy();
 }

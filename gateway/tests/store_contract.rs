@@ -17,6 +17,8 @@ use scep_gateway::store::{Claim, OtpPut, OtpRecord, Record, Store, TransactionKe
 
 const LEASE: Duration = Duration::from_secs(5);
 
+/// One request's key. Calling it again for the same transaction is another request (a
+/// retry), with a claimant of its own.
 fn key(id: &str, spki: &[u8]) -> TransactionKey {
     TransactionKey::new(TransactionId::new(id.into()).unwrap(), spki, None)
 }
@@ -84,11 +86,14 @@ both_stores!(a_claim_is_won_once_then_replayed);
 async fn a_claim_is_won_once_then_replayed(store: Arc<dyn Store>) {
     let k = key("t1", b"key-a");
     assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    let retry = key("t1", b"key-a");
     assert_eq!(
-        store.claim(&k, LEASE).await.unwrap(),
+        store.claim(&retry, LEASE).await.unwrap(),
         Claim::Existing(Record::InProgress)
     );
-    assert_eq!(store.get(&k).await.unwrap(), Some(Record::InProgress));
+    // The same request claiming again (its first answer lost) still holds it.
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    assert_eq!(store.get(&retry).await.unwrap(), Some(Record::InProgress));
     let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
     store
         .issued(&k, b"issuer", &[1, 2], cert.clone())
@@ -112,7 +117,7 @@ async fn another_key_with_the_same_transaction_id_is_a_conflict(store: Arc<dyn S
     assert_eq!(store.get(&other).await.unwrap(), None);
     store.release(&other).await.unwrap();
     assert_eq!(
-        store.claim(&k, LEASE).await.unwrap(),
+        store.claim(&key("t2", b"key-a"), LEASE).await.unwrap(),
         Claim::Existing(Record::InProgress)
     );
     store.finish(&k, Record::Pending).await.unwrap();
@@ -152,13 +157,24 @@ async fn a_lapsed_lease_can_be_won_again(store: Arc<dyn Store>) {
     let short = Duration::from_millis(200);
     assert_eq!(store.claim(&k, short).await.unwrap(), Claim::Won);
     assert_eq!(
-        store.claim(&k, short).await.unwrap(),
+        store.claim(&key("t5", b"key-a"), short).await.unwrap(),
         Claim::Existing(Record::InProgress)
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The replica that held it is presumed dead: the retry proceeds.
     assert_eq!(store.get(&k).await.unwrap(), None);
-    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    let retry = key("t5", b"key-a");
+    assert_eq!(store.claim(&retry, LEASE).await.unwrap(), Claim::Won);
+    // The first request, not dead after all, ends without a certificate: its release
+    // leaves the retry's claim alone (else a third request could win it too).
+    store.release(&k).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), Some(Record::InProgress));
+    assert_eq!(
+        store.claim(&key("t5", b"key-a"), LEASE).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    store.release(&retry).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), None);
 }
 
 both_stores!(certificates_are_found_by_issuer_and_serial);
@@ -190,11 +206,12 @@ async fn certificates_are_found_by_issuer_and_serial(store: Arc<dyn Store>) {
 both_stores!(fifty_concurrent_claims_have_one_winner);
 async fn fifty_concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
     for round in 0..3 {
-        let k = Arc::new(key(&format!("race-{round}"), b"key-a"));
+        let id = format!("race-{round}");
         let start = Arc::new(tokio::sync::Barrier::new(50));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
-                let (store, k, start) = (store.clone(), k.clone(), start.clone());
+                // Fifty requests of one transaction (one on each of fifty replicas).
+                let (store, k, start) = (store.clone(), key(&id, b"key-a"), start.clone());
                 tokio::spawn(async move {
                     start.wait().await;
                     store.claim(&k, LEASE).await.unwrap()
@@ -370,6 +387,54 @@ async fn outage_then_recovery() {
     assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
 }
 
+/// A claim sent into a hung Redis (frozen, not dead) fails within the timeout, but its
+/// command is on the wire and lands when Redis resumes. The release sent after it on the
+/// same connection then removes it: the device's retry wins at once instead of being
+/// told PENDING until the lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_sent_into_a_hung_redis_is_released_when_it_resumes() {
+    claim_into_a_hang(false).await;
+}
+
+/// The same over the blocking connections, where the release is written on the claim's
+/// own connection before it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_sent_into_a_hung_redis_on_the_blocking_path_is_released() {
+    on_blocking_thread(claim_into_a_hang(true)).await;
+}
+
+async fn claim_into_a_hang(overlapped: bool) {
+    let server = RedisServer::start();
+    let store = redis_store(&server, Duration::from_millis(500));
+    let lease = Duration::from_secs(60);
+    let hung = key("hung", b"key-a");
+    store.health().await.unwrap();
+
+    server.pause();
+    let claimed = if overlapped {
+        match store.start_claim(&hung, lease).await {
+            Some(in_flight) => in_flight.await,
+            None => store.claim(&hung, lease).await,
+        }
+    } else {
+        store.claim(&hung, lease).await
+    };
+    assert!(matches!(claimed, Err(Error::Unavailable(_))), "{claimed:?}");
+    server.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.claim(&key("hung", b"key-a"), lease).await {
+            Ok(Claim::Won) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the retry still gets {other:?}: the late claim was not released"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Managed-Redis style: `rediss://` with a private CA (`tls_ca_pem`) and AUTH. The same
 /// contract body runs over it; a wrong password is Unavailable, and not shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,7 +459,10 @@ async fn redis_over_tls_with_a_password() {
     on_blocking_thread(async move {
         assert_eq!(store.claim(&again, LEASE).await.unwrap(), Claim::Won);
         assert_eq!(
-            store.claim(&again, LEASE).await.unwrap(),
+            store
+                .claim(&key("tls-blocking", b"key-a"), LEASE)
+                .await
+                .unwrap(),
             Claim::Existing(Record::InProgress)
         );
     })
@@ -440,7 +508,12 @@ async fn calls_started_early_answer_like_the_calls(store: Arc<dyn Store>) {
     };
     assert_eq!(first.await.unwrap(), Claim::Won);
     let again = store.start_claim(&k, LEASE).await.expect("sent");
-    assert_eq!(again.await.unwrap(), Claim::Existing(Record::InProgress));
+    assert_eq!(again.await.unwrap(), Claim::Won, "the same request's claim");
+    let retry = store
+        .start_claim(&key("early-1", b"key-a"), LEASE)
+        .await
+        .expect("sent");
+    assert_eq!(retry.await.unwrap(), Claim::Existing(Record::InProgress));
     let other = store
         .start_claim(&key("early-1", b"key-b"), LEASE)
         .await
@@ -450,17 +523,23 @@ async fn calls_started_early_answer_like_the_calls(store: Arc<dyn Store>) {
     // Won but never read: released, so the retry wins.
     let unused = key("early-2", b"key-a");
     drop(store.start_claim(&unused, LEASE).await.unwrap());
-    let mut retry = store.claim(&unused, LEASE).await.unwrap();
+    let retry_key = key("early-2", b"key-a");
+    let mut retry = store.claim(&retry_key, LEASE).await.unwrap();
     for _ in 0..200 {
         if retry == Claim::Won {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        retry = store.claim(&unused, LEASE).await.unwrap();
+        retry = store.claim(&retry_key, LEASE).await.unwrap();
     }
     assert_eq!(retry, Claim::Won);
     // Someone else's claim is not released by a dropped one.
-    drop(store.start_claim(&unused, LEASE).await.unwrap());
+    drop(
+        store
+            .start_claim(&key("early-2", b"key-a"), LEASE)
+            .await
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(store.get(&unused).await.unwrap(), Some(Record::InProgress));
 

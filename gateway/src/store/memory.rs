@@ -27,6 +27,8 @@ use crate::scep::message::TransactionId;
 struct Entry {
     key_hash: [u8; 32],
     record: Record,
+    /// The request that claimed it ([`TransactionKey::claimant`]); read while InProgress.
+    claimant: [u8; 16],
     /// When this entry may be dropped: the lease end while InProgress, else the TTL.
     expires: Instant,
 }
@@ -153,11 +155,14 @@ impl MemoryStore {
                     *entry = Entry {
                         key_hash: key.key_hash,
                         record: Record::InProgress,
+                        claimant: key.claimant,
                         expires: now + lease,
                     };
                     Ok(Claim::Won)
                 } else if entry.key_hash != key.key_hash {
                     Ok(Claim::Conflict)
+                } else if entry.record == Record::InProgress && entry.claimant == key.claimant {
+                    Ok(Claim::Won)
                 } else {
                     Ok(Claim::Existing(entry.record.clone()))
                 }
@@ -166,6 +171,7 @@ impl MemoryStore {
                 slot.insert(Entry {
                     key_hash: key.key_hash,
                     record: Record::InProgress,
+                    claimant: key.claimant,
                     expires: now + lease,
                 });
                 Ok(Claim::Won)
@@ -194,6 +200,7 @@ impl Store for MemoryStore {
             Entry {
                 key_hash: key.key_hash,
                 record,
+                claimant: key.claimant,
                 expires,
             },
         );
@@ -202,7 +209,9 @@ impl Store for MemoryStore {
 
     fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>> {
         self.transactions.remove_if(&key.slot(), |_, e| {
-            e.key_hash == key.key_hash && e.record == Record::InProgress
+            e.key_hash == key.key_hash
+                && e.record == Record::InProgress
+                && e.claimant == key.claimant
         });
         ready(Ok(()))
     }
@@ -302,8 +311,12 @@ mod tests {
             store.claim(&k, Duration::from_secs(5)).await.unwrap(),
             Claim::Won
         );
+        // A retry (another request of the transaction) finds it in progress.
         assert_eq!(
-            store.claim(&k, Duration::from_secs(5)).await.unwrap(),
+            store
+                .claim(&key("t1", b"key-a"), Duration::from_secs(5))
+                .await
+                .unwrap(),
             Claim::Existing(Record::InProgress)
         );
         let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);

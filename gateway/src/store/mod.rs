@@ -29,6 +29,9 @@ use crate::scep::message::TransactionId;
 /// transactionID (micromdm scepclient does): it is told apart by the certificate it
 /// renews, so a renewal is never answered with the certificate it is renewing, while a
 /// retry of the same renewal still is answered from the store.
+///
+/// It is made once per request, and its `claimant` is that request's: the same
+/// transaction retried is a new `TransactionKey` with another claimant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransactionKey {
     pub id: TransactionId,
@@ -36,14 +39,24 @@ pub struct TransactionKey {
     pub renewing: Option<[u8; 32]>,
     /// SHA-256 of the DER SubjectPublicKeyInfo of the request's signer certificate.
     pub key_hash: [u8; 32],
+    /// Random, one per request: whose claim an InProgress record is. Every request of a
+    /// transaction has the same id and key hash, so without it a request could not tell
+    /// its own claim from a retry's, and would release a claim that lapsed and was won
+    /// by the retry (which a third retry could then win: two certificates). With it, a
+    /// claim is released only by the request that made it, and a claim sent again after
+    /// a lost answer reads as won, not as somebody else's.
+    pub claimant: [u8; 16],
 }
 
 impl TransactionKey {
     pub fn new(id: TransactionId, signer_spki: &[u8], renewing: Option<&[u8]>) -> Self {
+        let mut claimant = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut claimant).expect("the system RNG does not fail");
         TransactionKey {
             id,
             renewing: renewing.map(sha256),
             key_hash: sha256(signer_spki),
+            claimant,
         }
     }
 
@@ -165,6 +178,8 @@ pub type InFlight<'a, T> = BoxFuture<'a, Result<T>>;
 /// The transaction store.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Atomically claims `key` for `lease` if it is unknown; otherwise tells what is known.
+    /// A claim this same `key` (this request) already holds is [`Claim::Won`] again: the
+    /// command may have landed although its answer was lost.
     fn claim<'a>(
         &'a self,
         key: &'a TransactionKey,
@@ -202,6 +217,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Forgets a claimed transaction that ended without a certificate (a refusal, an
     /// outage), so that the client's retry runs again instead of replaying a failure.
+    /// Only this request's own claim (`key.claimant`) is forgotten: never a recorded
+    /// outcome, nor a claim that lapsed and was won by a retry.
     fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>>;
 
     /// Reads a transaction without claiming it (CertPoll).

@@ -290,16 +290,18 @@ impl RedisStore {
         Box::pin(async move { run_async(manager, timeout, &command).await })
     }
 
-    /// A claim's answer nobody awaited: a claim it won (`redis_key` holding `ours`, the
-    /// claim's own value) is released, so that the transaction is not held until its
-    /// lease runs out.
+    /// A claim's answer nobody awaited: a claim it may have won (`redis_key` holding
+    /// `ours`, the claim's own value) is released, so that the transaction is not held
+    /// until its lease runs out.
     fn release_if_won(&self, redis_key: String, ours: Vec<u8>) -> Orphan<ClaimAnswer> {
         let manager = self.manager.clone();
         let timeout = self.timeout;
         let script = self.release.clone();
         Box::new(move |answer| {
             Box::pin(async move {
-                if !matches!(answer, Ok(None)) {
+                // Released unless the transaction was someone else's: won (nothing was
+                // there), our own claim sent earlier, or no answer (it may have landed).
+                if matches!(&answer, Ok(Some(old)) if *old != ours) {
                     return;
                 }
                 let mut invocation = script.prepare_invoke();
@@ -362,10 +364,7 @@ impl RedisStore {
             .ignore()
             .cmd("SET")
             .arg(self.transaction_key(key))
-            .arg(codec::encode(
-                &key.key_hash,
-                &Record::Issued { certificate },
-            ))
+            .arg(codec::encode(key, &Record::Issued { certificate }))
             .arg("PX")
             .arg(ttl)
             .ignore();
@@ -404,9 +403,42 @@ impl RedisStore {
             command,
             replies,
             connection: Some(connection),
+            abandon: None,
             sending: started.elapsed(),
             deadline,
         })
+    }
+
+    /// A claim written on a blocking connection ([`RedisStore::send`]); `None` off a
+    /// [`super::blocking_scope`] thread or when it cannot be sent.
+    fn send_claim(&self, key: &TransactionKey, lease: Duration) -> Option<RedisClaim<'_>> {
+        let (redis_key, ours, command) = self.claim_command(key, lease);
+        let mut sent = self.send("claim", Command::Cmd(command), 1)?;
+        sent.abandon = Some(release_command(&redis_key, &ours).get_packed_command());
+        Some(RedisClaim {
+            sent,
+            key: key.clone(),
+        })
+    }
+
+    /// After a claim whose answer was lost (a timeout, a dropped connection): the claim
+    /// may still land, e.g. on a Redis that hung and resumes. A release sent after it on
+    /// the same (multiplexed) connection then deletes it, if it is still this request's
+    /// claim, so that the client's retry does not wait out the lease as PENDING. Best
+    /// effort: the lease remains the backstop.
+    fn release_later(&self, key: &TransactionKey) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let redis_key = self.transaction_key(key);
+        let ours = codec::encode(key, &Record::InProgress);
+        let release = Command::Cmd(release_command(&redis_key, &ours));
+        let (manager, timeout) = (self.manager.clone(), self.timeout);
+        runtime.spawn(async move {
+            if run_async::<i64>(manager, timeout, &release).await.is_err() {
+                tracing::debug!("a claim whose answer was lost was not released (yet); it lapses with its lease");
+            }
+        });
     }
 
     /// The claim of `key`: its Redis key and the value it sets (our InProgress record),
@@ -417,7 +449,7 @@ impl RedisStore {
         lease: Duration,
     ) -> (String, Vec<u8>, redis::Cmd) {
         let redis_key = self.transaction_key(key);
-        let ours = codec::encode(&key.key_hash, &Record::InProgress);
+        let ours = codec::encode(key, &Record::InProgress);
         let mut cmd = redis::cmd("SET");
         cmd.arg(&redis_key)
             .arg(&ours)
@@ -545,19 +577,20 @@ fn run_blocking<T: redis::FromRedisValue>(
     .map_err(redis_error)
 }
 
-/// What a claim's `GET` part returned: nothing (won), or the record and whose it is.
+/// What a claim's `GET` part returned: nothing (won), our own claim (won: an earlier
+/// send of this same claim landed), or the record and whose it is.
 fn claim_answer(key: &TransactionKey, old: Option<Vec<u8>>) -> Result<Claim> {
-    match old {
-        None => Ok(Claim::Won),
-        Some(bytes) => {
-            let (owner, record) = codec::decode(&bytes)?;
-            Ok(if owner == key.key_hash {
-                Claim::Existing(record)
-            } else {
-                Claim::Conflict
-            })
-        }
-    }
+    let Some(bytes) = old else {
+        return Ok(Claim::Won);
+    };
+    let stored = codec::decode(&bytes)?;
+    Ok(if stored.key_hash != key.key_hash {
+        Claim::Conflict
+    } else if stored.claimant == Some(key.claimant) {
+        Claim::Won
+    } else {
+        Claim::Existing(stored.record)
+    })
 }
 
 /// A command written on a blocking connection ([`RedisStore::send`]), its replies not
@@ -566,12 +599,16 @@ struct Sent<'a> {
     store: &'a RedisStore,
     op: &'static str,
     /// Kept to send again after a failed read. Everything sent this way may be repeated:
-    /// SETs, and a claim (which then reads our own InProgress record: PENDING).
+    /// SETs, and a claim (which then reads our own InProgress record: won).
     command: Command<'static>,
     /// Replies to read: the commands of a pipeline; the last one is the answer.
     replies: usize,
     /// `None` once read.
     connection: Option<redis::Connection>,
+    /// Written on the connection when its answer cannot be read in time, before the
+    /// connection is dropped: for a claim, the release of that claim, which Redis then
+    /// runs right after it if the claim lands late (a Redis that hung and resumes).
+    abandon: Option<Vec<u8>>,
     /// The time spent sending. The store latency metric of an overlapped command is
     /// what the request waited on the store: this plus the wait for the answer, not the
     /// RSA work in between.
@@ -612,14 +649,23 @@ impl Sent<'_> {
             .map_err(to_failure)?;
         let mut last = redis::Value::Nil;
         for _ in 0..self.replies {
-            last = connection.recv_response().map_err(to_failure)?;
+            match connection.recv_response() {
+                Ok(value) => last = value,
+                Err(e) => {
+                    if let Some(abandon) = self.abandon.take() {
+                        let _ = connection.set_write_timeout(Some(Duration::from_millis(100)));
+                        let _ = connection.send_packed_command(&abandon);
+                    }
+                    return Err(to_failure(e));
+                }
+            }
         }
         self.store.return_connection(connection);
         Ok(last)
     }
 }
 
-/// A claim sent by [`RedisStore::start_claim`].
+/// A claim sent on a blocking connection ([`RedisStore::send_claim`]).
 struct RedisClaim<'a> {
     sent: Sent<'a>,
     key: TransactionKey,
@@ -627,8 +673,15 @@ struct RedisClaim<'a> {
 
 impl RedisClaim<'_> {
     fn finish(mut self) -> Result<Claim> {
-        let old = self.sent.finish()?;
-        claim_answer(&self.key, old)
+        match self.sent.finish() {
+            Ok(old) => claim_answer(&self.key, old),
+            Err(e) => {
+                // A timed-out read has written the release on its own connection; a
+                // failed resend has not.
+                self.sent.store.release_later(&self.key);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -639,20 +692,29 @@ impl Drop for RedisClaim<'_> {
         if self.sent.connection.is_none() {
             return;
         }
-        if let Ok(redis::Value::Nil) = self.sent.read_last() {
-            let store = self.sent.store;
-            let mut invocation = store.release.prepare_invoke();
-            invocation
-                .key(store.transaction_key(&self.key))
-                .arg(codec::encode(&self.key.key_hash, &Record::InProgress));
-            if store
-                .call_blocking::<i64>(&Command::Script(invocation))
-                .is_err()
-            {
+        let store = self.sent.store;
+        let ours = codec::encode(&self.key, &Record::InProgress);
+        let won = match self.sent.read_last() {
+            Ok(redis::Value::Nil) => true,
+            Ok(redis::Value::BulkString(old)) => old == ours,
+            // Unread: the release went out on its connection (`Sent::abandon`).
+            _ => false,
+        };
+        if won {
+            let release = release_command(&store.transaction_key(&self.key), &ours);
+            if store.call_blocking::<i64>(&Command::Cmd(release)).is_err() {
                 tracing::debug!("an unused claim was not released; it lapses with its lease");
             }
         }
     }
+}
+
+/// The [`RELEASE`] script as a plain `EVAL`: self-contained, so that it can be written
+/// after a claim without reading anything first (`EVALSHA` may answer NOSCRIPT).
+fn release_command(redis_key: &str, ours: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RELEASE).arg(1).arg(redis_key).arg(ours);
+    cmd
 }
 
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error) and within Redis' range.
@@ -669,10 +731,16 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Claim>> {
         Box::pin(async move {
-            let old = self
+            if let Some(claim) = self.send_claim(key, lease) {
+                return claim.finish();
+            }
+            let answer = self
                 .call("claim", Command::Cmd(self.claim_command(key, lease).2))
-                .await?;
-            claim_answer(key, old)
+                .await;
+            if answer.is_err() {
+                self.release_later(key);
+            }
+            claim_answer(key, answer?)
         })
     }
 
@@ -685,24 +753,24 @@ impl Store for RedisStore {
         key: &TransactionKey,
         lease: Duration,
     ) -> BoxFuture<'a, Option<InFlight<'a, Claim>>> {
-        let (redis_key, ours, command) = self.claim_command(key, lease);
-        let command = Command::Cmd(command);
-        let key = key.clone();
         if super::may_block() {
-            let claim = self
-                .send("claim", command, 1)
-                .map(|sent| RedisClaim { sent, key });
+            let claim = self.send_claim(key, lease);
             return Box::pin(std::future::ready(claim.map(|claim| {
                 Box::pin(async move { claim.finish() }) as InFlight<'a, Claim>
             })));
         }
-        let call = self.call_owned::<Option<Vec<u8>>>(command);
+        let (redis_key, ours, command) = self.claim_command(key, lease);
+        let key = key.clone();
+        let call = self.call_owned::<Option<Vec<u8>>>(Command::Cmd(command));
         let orphan = self.release_if_won(redis_key, ours);
         Box::pin(async move {
             let sent = Overlapped::send(call, Some(orphan)).await;
             Some(Box::pin(async move {
                 let (answer, waited) = sent.await;
                 observe::command("redis", "claim", waited, answer.is_ok());
+                if answer.is_err() {
+                    self.release_later(&key);
+                }
                 claim_answer(&key, answer.map_err(|e| self.unavailable("claim", e))?)
             }) as InFlight<'a, Claim>)
         })
@@ -738,7 +806,7 @@ impl Store for RedisStore {
     fn finish<'a>(&'a self, key: &'a TransactionKey, record: Record) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let redis_key = self.transaction_key(key);
-            let value = codec::encode(&key.key_hash, &record);
+            let value = codec::encode(key, &record);
             let ttl = self.ttl_ms();
             let mut cmd = redis::cmd("SET");
             cmd.arg(&redis_key).arg(&value).arg("PX").arg(ttl);
@@ -749,7 +817,7 @@ impl Store for RedisStore {
     fn release<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let redis_key = self.transaction_key(key);
-            let ours = codec::encode(&key.key_hash, &Record::InProgress);
+            let ours = codec::encode(key, &Record::InProgress);
             let mut invocation = self.release.prepare_invoke();
             invocation.key(&redis_key).arg(&ours);
             self.call::<i64>("release", Command::Script(invocation))
@@ -770,8 +838,8 @@ impl Store for RedisStore {
             match found {
                 None => Ok(None),
                 Some(bytes) => {
-                    let (owner, record) = codec::decode(&bytes)?;
-                    Ok((owner == key.key_hash).then_some(record))
+                    let stored = codec::decode(&bytes)?;
+                    Ok((stored.key_hash == key.key_hash).then_some(stored.record))
                 }
             }
         })
