@@ -370,7 +370,7 @@ pub struct StoreConfig {
     pub max_transactions: usize,
     /// How long a claimed transaction stays claimed if the replica working on it dies;
     /// a retry elsewhere proceeds after it. Default: `server.request_timeout_secs`, at
-    /// least 30. Keep it above `request_timeout_secs`, or a slow replica could finish a
+    /// least 30. Refused below `request_timeout_secs`: a slow replica could finish a
     /// transaction another one has re-claimed.
     pub claim_lease_secs: Option<u64>,
     /// Redis: the URL (`redis://host:port/db`, `rediss://` for TLS) when it holds no
@@ -616,6 +616,17 @@ impl FileConfig {
         if store.claim_lease_secs == Some(0) {
             return invalid("store.claim_lease_secs", "must be at least 1");
         }
+        // A claim that lapses while its request may still be working lets the client's
+        // retry claim the transaction again: two certificates for one transaction.
+        if store
+            .claim_lease_secs
+            .is_some_and(|lease| lease < self.server.request_timeout_secs)
+        {
+            return invalid(
+                "store.claim_lease_secs",
+                "must be at least server.request_timeout_secs (a claim must outlive the request that holds it)",
+            );
+        }
         if store.transaction_ttl_secs == 0 {
             return invalid("store.transaction_ttl_secs", "must be at least 1");
         }
@@ -830,6 +841,18 @@ mod tests {
         assert_eq!(
             c.store.claim_lease(&c.server),
             std::time::Duration::from_secs(30)
+        );
+        // A lease shorter than a request could run is refused, by name.
+        let short = fine.replace("# claim_lease_secs = 30", "claim_lease_secs = 10");
+        let err = FileConfig::load(&write(dir.path(), &short))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.claim_lease_secs"), "{err}");
+        let long = fine.replace("# claim_lease_secs = 30", "claim_lease_secs = 45");
+        let c = FileConfig::load(&write(dir.path(), &long)).unwrap();
+        assert_eq!(
+            c.store.claim_lease(&c.server),
+            std::time::Duration::from_secs(45)
         );
     }
 

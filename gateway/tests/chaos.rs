@@ -323,7 +323,12 @@ impl Fleet {
         append.extend(profile("default", &["a", "b"], None));
         let pki = Pki::init(&Options {
             backend: Backend::SoftHsm,
-            extra_config: vec![("backend".into(), "\"redis\"".into())],
+            // A short lease, so that a dead replica's claim lapses within the test; the
+            // gateway refuses a lease shorter than the request timeout.
+            extra_config: vec![
+                ("backend".into(), "\"redis\"".into()),
+                ("request_timeout_secs".into(), LEASE_SECS.to_string()),
+            ],
             append,
             ..Options::default()
         });

@@ -35,7 +35,12 @@ impl Fleet {
     fn start(n: usize) -> Fleet {
         let redis = RedisServer::start();
         let pki = Pki::init(&Options {
-            extra_config: vec![("backend".into(), "\"redis\"".into())],
+            // A short lease, so that a dead replica's claim lapses within the test; the
+            // gateway refuses a lease shorter than the request timeout.
+            extra_config: vec![
+                ("backend".into(), "\"redis\"".into()),
+                ("request_timeout_secs".into(), LEASE_SECS.to_string()),
+            ],
             append: vec![
                 format!("url = \"{}\"", redis.url()),
                 format!("claim_lease_secs = {LEASE_SECS}"),
