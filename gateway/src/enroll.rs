@@ -277,6 +277,8 @@ async fn decide<'g>(
                     "the CRL of an issuer we do not know".into(),
                 ));
             }
+            // Every replica's revocations, and those from before a restart or reload.
+            crate::revocation::adopt(gateway).await?;
             Ok(Outcome::Crl(gateway.ca.crl().await?))
         }
         (MessageType::CertRep, _) => Err(Error::Refused("a CertRep is not a request".into())),
@@ -549,11 +551,23 @@ async fn authorize_and_issue(
                 );
                 // Withheld means never to be used: the retry issues another one.
                 match gateway.ca.revoke_withheld(&issued.certificate) {
-                    Ok(true) => tracing::info!(
-                        transaction_id = %header.transaction_id,
-                        serial = %hex::encode(&issued.serial),
-                        "withheld certificate revoked (on the next CRL)"
-                    ),
+                    Ok(true) => {
+                        tracing::info!(
+                            transaction_id = %header.transaction_id,
+                            serial = %hex::encode(&issued.serial),
+                            "withheld certificate revoked (on the next CRL)"
+                        );
+                        if let Err(record) =
+                            crate::revocation::record(gateway, &issued.serial).await
+                        {
+                            tracing::error!(
+                                transaction_id = %header.transaction_id,
+                                serial = %hex::encode(&issued.serial),
+                                error = %record,
+                                "withheld certificate revoked on this replica only: the store did not record it"
+                            );
+                        }
+                    }
                     Ok(false) => tracing::warn!(
                         transaction_id = %header.transaction_id,
                         serial = %hex::encode(&issued.serial),

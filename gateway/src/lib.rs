@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod pending;
 pub mod ra;
 pub mod reload;
+pub mod revocation;
 pub mod scep;
 pub mod secrets;
 pub mod service;

@@ -171,6 +171,7 @@ fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Stri
         let gateway = Arc::new(Gateway::from_config(&config).map_err(|e| e.to_string())?);
         let live = Arc::new(Live::new(&config_path, config.clone(), gateway.clone()));
         reload_on_sighup(live.clone());
+        scep_gateway::revocation::spawn_refresher(live.clone());
         let shutdown = shutdown_signal();
         let server = Server::bind(config.server.clone(), live.clone())
             .await

@@ -21,11 +21,13 @@ use scep_gateway::store::{Claim, Store, TransactionKey};
 use scep_hsm::{Key, SoftwareKey};
 
 const LEASE_SECS: u64 = 5;
+/// The `/admin/reload` and `/admin/revoke` bearer token.
+const ADMIN_TOKEN: &str = "fleet-admin-token";
 
 /// One Redis and `n` replicas started from one `init` (one CA, one RA).
 struct Fleet {
     redis: RedisServer,
-    _pki: Pki,
+    pki: Pki,
     replicas: Vec<Gateway>,
     /// The RA certificate devices encrypt to, from GetCACert.
     ra: Vec<u8>,
@@ -39,7 +41,10 @@ impl Fleet {
             // gateway refuses a lease shorter than the request timeout.
             extra_config: vec![
                 ("backend".into(), "\"redis\"".into()),
-                ("request_timeout_secs".into(), LEASE_SECS.to_string()),
+                (
+                    "request_timeout_secs".into(),
+                    format!("{LEASE_SECS}\nreload_token_file = \"admin.token\""),
+                ),
             ],
             append: vec![
                 format!("url = \"{}\"", redis.url()),
@@ -48,6 +53,7 @@ impl Fleet {
             ],
             ..Options::default()
         });
+        std::fs::write(pki.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
         let replicas: Vec<Gateway> = (0..n).map(|_| pki.serve()).collect();
         let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
         assert_eq!(answer.status, 200);
@@ -55,7 +61,7 @@ impl Fleet {
         let ra = client::encryption_certificate(&certs).unwrap().to_vec();
         Fleet {
             redis,
-            _pki: pki,
+            pki,
             replicas,
             ra,
         }
@@ -102,6 +108,32 @@ impl Device {
         let spec = self.spec(MessageType::PkcsReq);
         let message = self.requester.pki_message(&spec, ra, &self.csr).unwrap();
         (spec, message)
+    }
+
+    /// GetCRL (RFC 8894 §3.3.4) for `issuer`; the serials on the CRL that comes back.
+    fn crl_serials(&self, addr: SocketAddr, ra: &[u8], issuer: &[u8]) -> Vec<Vec<u8>> {
+        use der::Decode;
+        let spec = self.spec(MessageType::GetCrl);
+        // IssuerAndSerialNumber: the serial is not used for GetCRL; any will do.
+        let content = der_sequence(&[issuer, &[0x02, 0x01, 0x01]]);
+        let message = self.requester.pki_message(&spec, ra, &content).unwrap();
+        let reply = self.exchange(addr, &spec, &message);
+        assert_eq!(
+            reply.status,
+            PkiStatus::Success,
+            "{:?}",
+            reply.fail_info_text
+        );
+        let crl = x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(
+            &reply.crls[0],
+        )
+        .unwrap();
+        crl.tbs_cert_list
+            .revoked_certificates
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.serial_number.as_bytes().to_vec())
+            .collect()
     }
 
     /// CertPoll (RFC 8894 §3.3.3): IssuerAndSubject of the certificate awaited.
@@ -440,4 +472,71 @@ fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
         device.enrolls(addr, &fleet.ra);
     }
     fleet.replicas[0].assert_healthy();
+}
+
+/// `POST /admin/revoke` with the fleet's token (or `token`).
+fn revoke(addr: SocketAddr, serial_hex: &str, token: &str) -> common::Response {
+    let body = format!("{{\"serial\":\"{serial_hex}\"}}");
+    common::raw_request(
+        addr,
+        format!(
+            "POST /admin/revoke HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+/// A certificate revoked on one replica (`POST /admin/revoke`) is on every replica's
+/// CRL, also on a replica started afterwards: revocations live in the shared store, not
+/// in the process that made them.
+#[test]
+fn a_revocation_on_one_replica_is_on_every_replicas_crl() {
+    let mut fleet = Fleet::start(2);
+    let device = Device::new("to-be-revoked");
+    let (spec, message) = device.pkcsreq(&fleet.ra);
+    let reply = device.exchange(fleet.addr(0), &spec, &message);
+    let (serial, certificate) = issued(&reply);
+    let issuer = CertificateFields::parse(&certificate)
+        .unwrap()
+        .issuer
+        .to_vec();
+    assert!(device
+        .crl_serials(fleet.addr(1), &fleet.ra, &issuer)
+        .is_empty());
+
+    assert_eq!(
+        revoke(fleet.addr(0), &hex::encode(&serial), "wrong").status,
+        401
+    );
+    let answer = revoke(fleet.addr(0), &hex::encode(&serial), ADMIN_TOKEN);
+    let body = String::from_utf8_lossy(&answer.body).to_string();
+    assert_eq!(answer.status, 200, "{body}");
+    assert!(body.contains("\"already\":false"), "{body}");
+    let bad = revoke(fleet.addr(0), "not-hex", ADMIN_TOKEN);
+    assert_eq!(bad.status, 400);
+
+    for i in 0..2 {
+        assert_eq!(
+            device.crl_serials(fleet.addr(i), &fleet.ra, &issuer),
+            vec![serial.clone()],
+            "replica {i}"
+        );
+    }
+    let late = fleet.pki.serve();
+    assert_eq!(
+        device.crl_serials(late.addr, &fleet.ra, &issuer),
+        vec![serial.clone()],
+        "a replica started after the revocation"
+    );
+    // Revoked again on another replica: already known, still one entry.
+    let again = revoke(fleet.addr(1), &hex::encode(&serial), ADMIN_TOKEN);
+    assert!(String::from_utf8_lossy(&again.body).contains("\"already\":true"));
+    assert_eq!(
+        device.crl_serials(fleet.addr(1), &fleet.ra, &issuer).len(),
+        1
+    );
+    for replica in &mut fleet.replicas {
+        replica.assert_healthy();
+    }
 }

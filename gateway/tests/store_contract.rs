@@ -230,6 +230,23 @@ async fn fifty_concurrent_claims_have_one_winner(store: Arc<dyn Store>) {
     }
 }
 
+both_stores!(revocations_are_kept_once_per_serial);
+async fn revocations_are_kept_once_per_serial(store: Arc<dyn Store>) {
+    assert!(store.revocations(b"issuer-a").await.unwrap().is_empty());
+    store.revoke(b"issuer-a", &[1, 2], 100).await.unwrap();
+    // Revoked again later: the first time stays.
+    store.revoke(b"issuer-a", &[1, 2], 200).await.unwrap();
+    store.revoke(b"issuer-a", &[0, 0x80], 150).await.unwrap();
+    store.revoke(b"issuer-b", &[9], 300).await.unwrap();
+    let mut a = store.revocations(b"issuer-a").await.unwrap();
+    a.sort();
+    assert_eq!(a, vec![(vec![0, 0x80], 150), (vec![1, 2], 100)]);
+    assert_eq!(
+        store.revocations(b"issuer-b").await.unwrap(),
+        vec![(vec![9], 300)]
+    );
+}
+
 fn otp(requester: &str) -> OtpRecord {
     OtpRecord {
         requester: requester.into(),

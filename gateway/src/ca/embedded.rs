@@ -340,10 +340,15 @@ impl EmbeddedCa {
     /// Adds a serial number (INTEGER content bytes) to the CRL, revoked now. Returns
     /// whether it was not revoked before. The next [`Ca::crl`] call re-signs.
     ///
-    /// Revocations live in memory only for now.
+    /// The list lives in this process; the caller records the revocation in the store
+    /// too (`Store::revoke`), from which other replicas and later runs adopt it
+    /// ([`Ca::adopt_revocations`]).
     pub fn revoke(&self, serial: &[u8]) -> Result<bool> {
-        der::asn1::Int::new(serial)
-            .map_err(|e| Error::Refused(format!("not a serial number: {e}")))?;
+        if !is_serial(serial) {
+            return Err(Error::Refused(
+                "not a serial number (a positive INTEGER, minimally encoded)".into(),
+            ));
+        }
         let mut revoked = lock(&self.revoked);
         if revoked.list.iter().any(|r| r.serial == serial) {
             return Ok(false);
@@ -499,6 +504,21 @@ impl EmbeddedCa {
     }
 }
 
+/// Whether `serial` is the content of a DER INTEGER that can be a certificate's serial
+/// number: not empty, minimal (no leading 00 unless the next byte needs it), positive
+/// (RFC 5280 §4.1.2.2), at most 20 bytes after that 00. Anything else on the CRL would
+/// make it undecodable.
+fn is_serial(serial: &[u8]) -> bool {
+    match serial {
+        [] => false,
+        [0x00] => false,
+        [0x00, next, ..] if *next < 0x80 => false,
+        [first, ..] if *first >= 0x80 => false,
+        [0x00, rest @ ..] => rest.len() <= 20,
+        _ => serial.len() <= 20,
+    }
+}
+
 /// A CRL is re-signed once half of its validity has passed, so relying parties that
 /// fetch it shortly before nextUpdate still get a fresh one.
 fn crl_is_aging(crl: &SignedCrl, now: SystemTime) -> bool {
@@ -577,6 +597,31 @@ impl Ca for EmbeddedCa {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    fn revoke_serial(&self, serial: &[u8]) -> Result<bool> {
+        self.revoke(serial)
+    }
+
+    fn crl_issuer(&self) -> Option<&[u8]> {
+        Some(&self.subject)
+    }
+
+    fn adopt_revocations(&self, revoked: &[crate::store::Revocation]) {
+        let mut known = lock(&self.revoked);
+        let before = known.list.len();
+        for (serial, at) in revoked {
+            if !is_serial(serial) || known.list.iter().any(|r| r.serial == *serial) {
+                continue;
+            }
+            known.list.push(RevokedCertificate {
+                serial: serial.clone(),
+                revocation_date: UNIX_EPOCH + Duration::from_secs(*at),
+            });
+        }
+        if known.list.len() != before {
+            known.generation += 1;
         }
     }
 

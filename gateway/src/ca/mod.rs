@@ -100,6 +100,26 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// Revokes the certificate with this serial (INTEGER content bytes), at an
+    /// operator's request (`POST /admin/revoke`). `Ok(false)`: already revoked.
+    /// `Err(NotFound)` for a CA that keeps no CRL here (upstream CAs only).
+    fn revoke_serial(&self, _serial: &[u8]) -> Result<bool> {
+        Err(crate::error::Error::NotFound(
+            "no embedded CA: revoke at the upstream CA that issued it".into(),
+        ))
+    }
+
+    /// The issuer Name (DER) whose revocations this CA's CRL lists (the embedded CA's
+    /// subject); `None` for a CA that keeps no CRL here.
+    fn crl_issuer(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// Revocations recorded in the store (by other replicas, or before a restart or a
+    /// reload; `Store::revocations`), added to this CA's CRL and to its renewal check.
+    /// Known ones are skipped.
+    fn adopt_revocations(&self, _revoked: &[crate::store::Revocation]) {}
+
     /// The CA's name for the request log and metrics (never a URL with credentials).
     /// The embedded CA keeps this default; every other CA overrides it.
     fn name(&self) -> &str {

@@ -471,6 +471,25 @@ impl Ca for Router {
         }
     }
 
+    fn revoke_serial(&self, serial: &[u8]) -> Result<bool> {
+        match &self.embedded {
+            Some(ca) => ca.revoke_serial(serial),
+            None => Err(Error::NotFound(
+                "no embedded CA: revoke at the upstream CA that issued it".into(),
+            )),
+        }
+    }
+
+    fn crl_issuer(&self) -> Option<&[u8]> {
+        self.embedded.as_ref().and_then(|ca| ca.crl_issuer())
+    }
+
+    fn adopt_revocations(&self, revoked: &[crate::store::Revocation]) {
+        if let Some(ca) = &self.embedded {
+            ca.adopt_revocations(revoked);
+        }
+    }
+
     fn issued_and_valid(&self, certificate: &[u8]) -> bool {
         self.embedded
             .as_ref()

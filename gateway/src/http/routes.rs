@@ -60,6 +60,9 @@ pub async fn handle(
     if request.uri().path() == RELOAD {
         return Ok(reload(live, request).await);
     }
+    if request.uri().path() == REVOKE {
+        return Ok(revoke(live, request).await);
+    }
     // The gateway current when the request arrives (see `reload`): it stays this
     // request's even if a reload replaces it meanwhile.
     let gateway = live.get();
@@ -276,6 +279,71 @@ async fn reload(live: Arc<Live>, request: Request<Incoming>) -> Response<Full<By
         "text/plain; charset=utf-8"
     };
     with_type(status, content_type, Bytes::from(body))
+}
+
+/// `POST /admin/revoke`, body `{"serial": "<hex>"}`: revokes a certificate of the
+/// embedded CA and records it for every replica's CRL (see `revocation`). Authorized by
+/// the `/admin/reload` bearer token: 404 unless one is configured, 401 without it. 200
+/// `{"revoked":true,"serial":"…","already":bool}`; 400 for a bad body or serial; 404
+/// without an embedded CA; 503 when the store cannot record it (the call may be
+/// repeated).
+const REVOKE: &str = "/admin/revoke";
+
+/// Largest `/admin/revoke` body: one serial.
+const MAX_REVOKE_BODY: usize = 1024;
+
+async fn revoke(live: Arc<Live>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Asked {
+        serial: String,
+    }
+    if request.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let gateway = live.get();
+    if gateway.reload_token.is_none() {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !crate::reload::authorized(&gateway, authorization) {
+        tracing::warn!("revocation refused: missing or wrong bearer token");
+        return plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    }
+    let body = match read_body(request, MAX_REVOKE_BODY).await {
+        Ok(body) => body,
+        Err(e) => return error_response(&e),
+    };
+    let Ok(asked) = serde_json::from_slice::<Asked>(&body) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"serial\": \"<hex>\"}\n",
+        );
+    };
+    let serial = match crate::revocation::parse_serial(&asked.serial) {
+        Ok(serial) => serial,
+        Err(e) => return error_response(&e),
+    };
+    let shown = hex::encode(&serial);
+    match crate::revocation::revoke(&gateway, &serial).await {
+        Ok(new) => {
+            tracing::info!(serial = %shown, already = !new, "certificate revoked (admin call)");
+            let body = serde_json::json!({ "revoked": true, "serial": shown, "already": !new });
+            with_type(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(format!("{body}\n")),
+            )
+        }
+        Err(Error::NotFound(why)) => plain(StatusCode::NOT_FOUND, &format!("{why}\n")),
+        Err(e) => {
+            tracing::warn!(serial = %shown, error = %e, "revocation failed");
+            error_response(&e)
+        }
+    }
 }
 
 /// Reads a POST body up to `max` bytes: a declared length beyond it is refused before

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
-use super::{Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
+use super::{Claim, OtpPut, OtpRecord, Record, Revocation, Store, TransactionKey};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
 use crate::scep::message::TransactionId;
@@ -36,6 +36,9 @@ struct Entry {
 /// Issued certificates by (issuer, serial), with their expiry.
 type Certificates = DashMap<(Vec<u8>, Vec<u8>), (Arc<[u8]>, Instant)>;
 
+/// Issuer → serial → revoked since (Unix seconds).
+type Revocations = HashMap<Vec<u8>, HashMap<Vec<u8>, u64>>;
+
 /// Transactions and issued certificates in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -44,6 +47,9 @@ pub struct MemoryStore {
     /// One-time passwords by SHA-256. One lock: issuing checks the requester's count
     /// and inserts in one step; admin-rate traffic, never on the hot path.
     otps: Mutex<HashMap<[u8; 32], (OtpRecord, Instant)>>,
+    /// Revocations by issuer, then serial → Unix seconds. Outlives a configuration
+    /// reload that rebuilds the CA (the store is kept), not the process.
+    revocations: Mutex<Revocations>,
     ttl: Duration,
     max_entries: usize,
     /// Held while a full store evicts, so that concurrent claims do not all scan it.
@@ -56,6 +62,7 @@ impl MemoryStore {
             transactions: DashMap::new(),
             certificates: DashMap::new(),
             otps: Mutex::new(HashMap::new()),
+            revocations: Mutex::new(HashMap::new()),
             ttl,
             max_entries,
             evicting: Mutex::new(()),
@@ -214,6 +221,29 @@ impl Store for MemoryStore {
                 && e.claimant == key.claimant
         });
         ready(Ok(()))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        at: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        let mut revocations = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        revocations
+            .entry(issuer.to_vec())
+            .or_default()
+            .entry(serial.to_vec())
+            .or_insert(at);
+        ready(Ok(()))
+    }
+
+    fn revocations<'a>(&'a self, issuer: &'a [u8]) -> BoxFuture<'a, Result<Vec<Revocation>>> {
+        let revocations = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        let list = revocations.get(issuer).map_or_else(Vec::new, |serials| {
+            serials.iter().map(|(s, at)| (s.clone(), *at)).collect()
+        });
+        ready(Ok(list))
     }
 
     fn get<'a>(&'a self, key: &'a TransactionKey) -> BoxFuture<'a, Result<Option<Record>>> {

@@ -113,6 +113,10 @@ pub struct OtpRecord {
     pub expires_at: u64,
 }
 
+/// A recorded revocation ([`Store::revoke`]): the serial (INTEGER content bytes) and
+/// since when (Unix seconds).
+pub type Revocation = (Vec<u8>, u64);
+
 /// The answer to [`Store::put_otp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtpPut {
@@ -257,6 +261,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             stored
         })
     }
+
+    /// Records that the certificate `serial` (INTEGER content bytes) of `issuer` (its
+    /// Name, DER) is revoked since `at` (Unix seconds); a serial already recorded keeps
+    /// its first time. A shared store keeps it for every replica's CRL and beyond a
+    /// restart, without expiry (RFC 5280 §3.3: an entry may leave the CRL only after
+    /// the certificate expires).
+    fn revoke<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        at: u64,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Every revocation recorded for `issuer`: (serial, Unix seconds), in no order.
+    fn revocations<'a>(&'a self, issuer: &'a [u8]) -> BoxFuture<'a, Result<Vec<Revocation>>>;
 
     /// Stores a one-time password's record under `hash` (SHA-256 of the password) for
     /// `ttl`, unless its requester already has `max_outstanding` live ones: the count

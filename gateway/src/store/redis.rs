@@ -36,6 +36,7 @@
 //! {prefix}tx:n:{transactionID}                      a PKCSReq transaction
 //! {prefix}tx:r:{sha256(renewed cert) hex}:{transactionID}   a renewal
 //! {prefix}cert:{sha256(issuer Name) hex}:{serial hex}       an issued certificate
+//! {prefix}revoked:{sha256(issuer Name) hex}         hash: serial hex → revoked since (Unix s)
 //! {prefix}otp:{sha256(password) hex}                 a one-time password's record (JSON)
 //! {prefix}otpreq:{sha256(requester) hex}             sorted set: that requester's live
 //!                                                    passwords, scored by expiry (ms)
@@ -54,7 +55,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
 use super::overlap::{Orphan, Overlapped};
-use super::{codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Store, TransactionKey};
+use super::{
+    codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Revocation, Store, TransactionKey,
+};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
 
@@ -218,6 +221,14 @@ impl RedisStore {
             self.prefix,
             hex::encode(super::sha256(issuer)),
             hex::encode(serial)
+        )
+    }
+
+    fn revocations_key(&self, issuer: &[u8]) -> String {
+        format!(
+            "{}revoked:{}",
+            self.prefix,
+            hex::encode(super::sha256(issuer))
         )
     }
 
@@ -874,6 +885,42 @@ impl Store for RedisStore {
                 )
                 .await?;
             Ok(found.map(Arc::from))
+        })
+    }
+
+    /// `HSETNX`: the first time recorded stays.
+    fn revoke<'a>(
+        &'a self,
+        issuer: &'a [u8],
+        serial: &'a [u8],
+        at: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("HSETNX");
+            cmd.arg(self.revocations_key(issuer))
+                .arg(hex::encode(serial))
+                .arg(at);
+            self.call::<i64>("revoke", Command::Cmd(cmd))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn revocations<'a>(&'a self, issuer: &'a [u8]) -> BoxFuture<'a, Result<Vec<Revocation>>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(self.revocations_key(issuer));
+            let found: Vec<(String, u64)> = self.call("revocations", Command::Cmd(cmd)).await?;
+            found
+                .into_iter()
+                .map(|(serial, at)| {
+                    hex::decode(&serial)
+                        .map(|serial| (serial, at))
+                        .map_err(|_| {
+                            Error::Unavailable("the store holds a revocation we cannot read".into())
+                        })
+                })
+                .collect()
         })
     }
 

@@ -434,3 +434,38 @@ fn client_signer_certificates_parse_leniently() {
         assert!(!ca.issued_and_valid(&der));
     }
 }
+
+/// Revocations from the store (other replicas, earlier runs) join the CRL and the
+/// renewal check; known ones change nothing, so the signed CRL stays cached.
+#[tokio::test]
+async fn adopted_revocations_join_the_crl_once() {
+    use der::Decode;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _pki) = dev_ca(dir.path(), EmbeddedCaConfig::default());
+    let issued = issue(&ca, &rsa_csr(2048, None, None)).await.unwrap();
+    assert_eq!(ca.crl_issuer(), Some(&ca.subject[..]));
+    assert!(ca.issued_and_valid(&issued.certificate));
+
+    let at = 1_790_000_000;
+    // Anything that is not a serial number is skipped: it would spoil the CRL.
+    ca.adopt_revocations(&[
+        (issued.serial.clone(), at),
+        (vec![], at),
+        (vec![0x00], at),
+        (vec![0x00, 0x01], at),
+        (vec![0x80], at),
+        (vec![0x01; 21], at),
+    ]);
+    assert!(!ca.issued_and_valid(&issued.certificate));
+    let crl = ca.crl().await.unwrap();
+    let list =
+        x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&crl).unwrap();
+    let revoked = list.tbs_cert_list.revoked_certificates.unwrap();
+    assert_eq!(revoked.len(), 1, "only the real serial");
+    assert_eq!(revoked[0].serial_number.as_bytes(), &issued.serial[..]);
+    assert_eq!(revoked[0].revocation_date.to_unix_duration().as_secs(), at);
+
+    ca.adopt_revocations(&[(issued.serial.clone(), at + 60)]);
+    assert_eq!(ca.crl().await.unwrap(), crl, "nothing new: the same CRL");
+    assert!(!ca.revoke(&issued.serial).unwrap(), "already revoked");
+}
