@@ -118,12 +118,7 @@ impl Device {
         let content = der_sequence(&[issuer, &[0x02, 0x01, 0x01]]);
         let message = self.requester.pki_message(&spec, ra, &content).unwrap();
         let reply = self.exchange(addr, &spec, &message);
-        assert_eq!(
-            reply.status,
-            PkiStatus::Success,
-            "{:?}",
-            reply.fail_info_text
-        );
+        assert_success(&reply);
         let crl = x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(
             &reply.crls[0],
         )
@@ -157,12 +152,7 @@ impl Device {
     fn enrolls(&self, addr: SocketAddr, ra: &[u8]) {
         let (spec, message) = self.pkcsreq(ra);
         let reply = self.exchange(addr, &spec, &message);
-        assert_eq!(
-            reply.status,
-            PkiStatus::Success,
-            "{:?}",
-            reply.fail_info_text
-        );
+        assert_success(&reply);
     }
 
     /// Sends a pkiMessage and reads the CertRep (HTTP 200 required).
@@ -266,12 +256,7 @@ fn the_same_request_on_three_replicas_at_once_gets_one_certificate() {
         for i in 0..3 {
             let (spec, message) = device.certpoll(&fleet.ra, &issuer);
             let reply = device.exchange(fleet.addr(i), &spec, &message);
-            assert_eq!(
-                reply.status,
-                PkiStatus::Success,
-                "{:?}",
-                reply.fail_info_text
-            );
+            assert_success(&reply);
             assert_eq!(&issued(&reply).0, serial, "CertPoll on replica {i}");
         }
     }
@@ -410,12 +395,7 @@ fn a_redis_outage_makes_replicas_unready_and_they_recover_without_restart() {
         wait_ready(fleet.addr(i), 200, Duration::from_secs(10));
         let (spec, message) = during.pkcsreq(&fleet.ra);
         let reply = during.exchange(fleet.addr(i), &spec, &message);
-        assert_eq!(
-            reply.status,
-            PkiStatus::Success,
-            "{:?}",
-            reply.fail_info_text
-        );
+        assert_success(&reply);
         fleet.replicas[i].assert_healthy();
     }
 }
@@ -539,4 +519,14 @@ fn a_revocation_on_one_replica_is_on_every_replicas_crl() {
     for replica in &mut fleet.replicas {
         replica.assert_healthy();
     }
+}
+
+/// The CertRep must be SUCCESS (else its failInfo text is shown).
+fn assert_success(reply: &Reply) {
+    assert_eq!(
+        reply.status,
+        PkiStatus::Success,
+        "{:?}",
+        reply.fail_info_text
+    );
 }
