@@ -425,7 +425,7 @@ impl RedisStore {
     fn send_claim(&self, key: &TransactionKey, lease: Duration) -> Option<RedisClaim<'_>> {
         let (redis_key, ours, command) = self.claim_command(key, lease);
         let mut sent = self.send("claim", Command::Cmd(command), 1)?;
-        sent.abandon = Some(release_command(&redis_key, &ours).get_packed_command());
+        sent.abandon = Some((redis_key, ours));
         Some(RedisClaim {
             sent,
             key: key.clone(),
@@ -616,10 +616,10 @@ struct Sent<'a> {
     replies: usize,
     /// `None` once read.
     connection: Option<redis::Connection>,
-    /// Written on the connection when its answer cannot be read in time, before the
-    /// connection is dropped: for a claim, the release of that claim, which Redis then
-    /// runs right after it if the claim lands late (a Redis that hung and resumes).
-    abandon: Option<Vec<u8>>,
+    /// A claim's Redis key and value. When its answer cannot be read, the release of
+    /// that claim is written on the connection before it is dropped, so that Redis runs
+    /// it right after the claim if the claim lands late (a Redis that hung and resumes).
+    abandon: Option<(String, Vec<u8>)>,
     /// The time spent sending. The store latency metric of an overlapped command is
     /// what the request waited on the store: this plus the wait for the answer, not the
     /// RSA work in between.
@@ -644,36 +644,48 @@ impl Sent<'_> {
     }
 
     /// Reads every reply and returns the last; the connection goes back to the pool
-    /// after clean replies only.
+    /// after clean replies only. After a failed read, a claim's release is written on
+    /// the connection before it is dropped (see `abandon`).
     fn read_last(&mut self) -> std::result::Result<redis::Value, Failure> {
         let mut connection = self.connection.take().ok_or(Failure::Timeout)?;
-        let to_failure = |e: RedisError| {
-            if e.is_timeout() {
-                Failure::Timeout
-            } else {
-                Failure::Redis(e)
+        match read_replies(&mut connection, self.replies, self.deadline) {
+            Ok(last) => {
+                self.store.return_connection(connection);
+                Ok(last)
             }
-        };
-        let left = remaining(self.deadline)?;
-        connection
-            .set_read_timeout(Some(left))
-            .map_err(to_failure)?;
-        let mut last = redis::Value::Nil;
-        for _ in 0..self.replies {
-            match connection.recv_response() {
-                Ok(value) => last = value,
-                Err(e) => {
-                    if let Some(abandon) = self.abandon.take() {
-                        let _ = connection.set_write_timeout(Some(Duration::from_millis(100)));
-                        let _ = connection.send_packed_command(&abandon);
-                    }
-                    return Err(to_failure(e));
+            Err(failure) => {
+                if let Some((redis_key, ours)) = self.abandon.take() {
+                    let release = release_command(&redis_key, &ours).get_packed_command();
+                    let _ = connection.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = connection.send_packed_command(&release);
                 }
+                Err(failure)
             }
         }
-        self.store.return_connection(connection);
-        Ok(last)
     }
+}
+
+/// Reads `replies` replies within `deadline`; the last one is the answer.
+fn read_replies(
+    connection: &mut redis::Connection,
+    replies: usize,
+    deadline: Instant,
+) -> std::result::Result<redis::Value, Failure> {
+    let to_failure = |e: RedisError| {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else {
+            Failure::Redis(e)
+        }
+    };
+    connection
+        .set_read_timeout(Some(remaining(deadline)?))
+        .map_err(to_failure)?;
+    let mut last = redis::Value::Nil;
+    for _ in 0..replies {
+        last = connection.recv_response().map_err(to_failure)?;
+    }
+    Ok(last)
 }
 
 /// A claim sent on a blocking connection ([`RedisStore::send_claim`]).
@@ -704,15 +716,18 @@ impl Drop for RedisClaim<'_> {
             return;
         }
         let store = self.sent.store;
-        let ours = codec::encode(&self.key, &Record::InProgress);
-        let won = match self.sent.read_last() {
+        let answer = self.sent.read_last();
+        // Unread: its release went out on its connection (`Sent::abandon`).
+        let Some((redis_key, ours)) = self.sent.abandon.take() else {
+            return;
+        };
+        let won = match answer {
             Ok(redis::Value::Nil) => true,
             Ok(redis::Value::BulkString(old)) => old == ours,
-            // Unread: the release went out on its connection (`Sent::abandon`).
             _ => false,
         };
         if won {
-            let release = release_command(&store.transaction_key(&self.key), &ours);
+            let release = release_command(&redis_key, &ours);
             if store.call_blocking::<i64>(&Command::Cmd(release)).is_err() {
                 tracing::debug!("an unused claim was not released; it lapses with its lease");
             }
