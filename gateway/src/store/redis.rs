@@ -488,13 +488,9 @@ impl RedisStore {
         deadline: Instant,
     ) -> std::result::Result<redis::Connection, Failure> {
         let left = remaining(deadline)?;
-        self.client.get_connection_with_timeout(left).map_err(|e| {
-            if e.is_timeout() {
-                Failure::Timeout
-            } else {
-                Failure::Redis(e)
-            }
-        })
+        self.client
+            .get_connection_with_timeout(left)
+            .map_err(Failure::from)
     }
 }
 
@@ -552,6 +548,17 @@ enum Failure {
     Redis(RedisError),
 }
 
+/// A socket timeout of a blocking connection is a [`Failure::Timeout`].
+impl From<RedisError> for Failure {
+    fn from(e: RedisError) -> Self {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else {
+            Failure::Redis(e)
+        }
+    }
+}
+
 fn remaining(deadline: Instant) -> std::result::Result<Duration, Failure> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -567,25 +574,18 @@ fn run_blocking<T: redis::FromRedisValue>(
     deadline: Instant,
 ) -> std::result::Result<T, Failure> {
     let left = remaining(deadline)?;
-    let redis_error = |e: RedisError| {
-        if e.is_timeout() {
-            Failure::Timeout
-        } else {
-            Failure::Redis(e)
-        }
-    };
     connection
         .set_read_timeout(Some(left))
-        .map_err(redis_error)?;
+        .map_err(Failure::from)?;
     connection
         .set_write_timeout(Some(left))
-        .map_err(redis_error)?;
+        .map_err(Failure::from)?;
     match command {
         Command::Cmd(c) => c.query(connection),
         Command::Pipe(p) => p.query(connection),
         Command::Script(s) => s.invoke(connection),
     }
-    .map_err(redis_error)
+    .map_err(Failure::from)
 }
 
 /// What a claim's `GET` part returned: nothing (won), our own claim (won: an earlier
@@ -671,19 +671,12 @@ fn read_replies(
     replies: usize,
     deadline: Instant,
 ) -> std::result::Result<redis::Value, Failure> {
-    let to_failure = |e: RedisError| {
-        if e.is_timeout() {
-            Failure::Timeout
-        } else {
-            Failure::Redis(e)
-        }
-    };
     connection
         .set_read_timeout(Some(remaining(deadline)?))
-        .map_err(to_failure)?;
+        .map_err(Failure::from)?;
     let mut last = redis::Value::Nil;
     for _ in 0..replies {
-        last = connection.recv_response().map_err(to_failure)?;
+        last = connection.recv_response().map_err(Failure::from)?;
     }
     Ok(last)
 }
