@@ -313,10 +313,7 @@ async fn enroll<'g>(
         Claim::Won => {}
         Claim::Existing(Record::Issued { certificate }) => {
             tracing::info!(transaction_id = %header.transaction_id, "retry answered from the store");
-            observe::retry_answered("pkcsreq");
-            trail.answered_by = Some("store".into());
-            let chain = gateway.ca.chain_of(&certificate);
-            return Ok(issued(certificate, chain));
+            return Ok(from_store(gateway, certificate, "pkcsreq", trail));
         }
         Claim::Existing(Record::Pending | Record::InProgress) => return Ok(Outcome::Pending),
         Claim::Existing(Record::PendingUpstream { ticket }) => {
@@ -423,6 +420,64 @@ async fn resume<'g>(
     ticket: &[u8],
     trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
+    if gateway.ca.resubmits(ticket) {
+        return resubmit(gateway, key, header, ticket, trail).await;
+    }
+    ask(gateway, key, header, ticket, trail).await
+}
+
+/// A queued request (`Ca::resubmits`) submitted again, under the transaction's
+/// resubmission lock: of concurrent CertPolls or resent PKCSReqs, on any replicas, one
+/// submits and the others are answered PENDING, so that the transaction gets one
+/// certificate. The lock is released once the outcome is recorded; if it cannot be
+/// recorded, the lock stays until its lease lapses (as a claim does in `enroll`).
+async fn resubmit<'g>(
+    gateway: &'g Gateway,
+    key: &TransactionKey,
+    header: &RequestHeader,
+    ticket: &[u8],
+    trail: &mut Trail<'g>,
+) -> Result<Outcome> {
+    let lock = key.resubmission();
+    if gateway.store.claim(&lock, gateway.claim_lease).await? != Claim::Won {
+        return Ok(Outcome::Pending);
+    }
+    // Read again under the lock: a request that held it a moment ago may have recorded
+    // the outcome after this one read the record.
+    let outcome = match gateway.store.get(key).await {
+        Ok(Some(Record::PendingUpstream { ticket: current })) if *current == *ticket => {
+            let outcome = ask(gateway, key, header, ticket, trail).await;
+            // Recorded before anyone else may submit: the record, not the lock, is
+            // what the next holder reads.
+            if let Some(recording) = trail.recording.take() {
+                if let Err(e) = recording.await {
+                    tracing::error!(transaction_id = %header.transaction_id, error = %e, "issued certificate not recorded; the resubmission lock is kept until its lease lapses");
+                    return outcome;
+                }
+            }
+            outcome
+        }
+        Ok(Some(Record::Issued { certificate })) => {
+            Ok(from_store(gateway, certificate, "certpoll", trail))
+        }
+        Ok(Some(_)) => Ok(Outcome::Pending),
+        Ok(None) => Err(Error::NotFound("no such transaction".into())),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = gateway.store.release(&lock).await {
+        tracing::warn!(transaction_id = %header.transaction_id, error = %e, "resubmission lock not released; it lapses with its lease");
+    }
+    outcome
+}
+
+/// The CA asked once about a deferred request (see [`resume`]).
+async fn ask<'g>(
+    gateway: &'g Gateway,
+    key: &TransactionKey,
+    header: &RequestHeader,
+    ticket: &[u8],
+    trail: &mut Trail<'g>,
+) -> Result<Outcome> {
     match gateway.ca.poll(ticket).await {
         Ok(IssueOutcome::Pending { ticket: again, ca }) if again == ticket => {
             trail.answered_by = (!ca.is_empty()).then(|| ca.to_string());
@@ -438,10 +493,7 @@ async fn resume<'g>(
             // while we asked, and an upstream that hands a certificate out once refuses
             // the second CertPoll: the recorded certificate wins over that refusal.
             if let Ok(Some(Record::Issued { certificate })) = gateway.store.get(key).await {
-                observe::retry_answered("certpoll");
-                trail.answered_by = Some("store".into());
-                let chain = gateway.ca.chain_of(&certificate);
-                return Ok(issued(certificate, chain));
+                return Ok(from_store(gateway, certificate, "certpoll", trail));
             }
             Err(e)
         }
@@ -603,10 +655,7 @@ async fn poll<'g>(
     let key = transaction_key(gateway, header)?;
     match gateway.store.get(&key).await? {
         Some(Record::Issued { certificate }) => {
-            observe::retry_answered("certpoll");
-            trail.answered_by = Some("store".into());
-            let chain = gateway.ca.chain_of(&certificate);
-            Ok(issued(certificate, chain))
+            Ok(from_store(gateway, certificate, "certpoll", trail))
         }
         Some(Record::Pending | Record::InProgress) => Ok(Outcome::Pending),
         Some(Record::PendingUpstream { ticket }) => {
@@ -653,6 +702,20 @@ fn transaction_key(gateway: &Gateway, header: &RequestHeader) -> Result<Transact
         signer.spki,
         renewing,
     ))
+}
+
+/// SUCCESS with a certificate recorded earlier, for a retry (`what`: "pkcsreq") or a
+/// CertPoll ("certpoll").
+fn from_store(
+    gateway: &Gateway,
+    certificate: Arc<[u8]>,
+    what: &'static str,
+    trail: &mut Trail<'_>,
+) -> Outcome {
+    observe::retry_answered(what);
+    trail.answered_by = Some("store".into());
+    let chain = gateway.ca.chain_of(&certificate);
+    issued(certificate, chain)
 }
 
 /// SUCCESS with the new certificate first, then the chain of the CA that issued it

@@ -151,6 +151,45 @@ async fn a_released_claim_can_be_won_again(store: Arc<dyn Store>) {
     assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
 }
 
+both_stores!(a_resubmission_lock_is_a_claim_beside_the_record);
+async fn a_resubmission_lock_is_a_claim_beside_the_record(store: Arc<dyn Store>) {
+    let k = key("t4r", b"key-a");
+    let ticket: Arc<[u8]> = Arc::from(&b"queued"[..]);
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+    store
+        .finish(
+            &k,
+            Record::PendingUpstream {
+                ticket: ticket.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    // Two CertPolls: the first holds the lock, the second is told someone is at it.
+    let (first, second) = (key("t4r", b"key-a"), key("t4r", b"key-a"));
+    let lock = first.resubmission();
+    assert_eq!(store.claim(&lock, LEASE).await.unwrap(), Claim::Won);
+    assert_eq!(
+        store.claim(&second.resubmission(), LEASE).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    // The record is untouched by the lock, and the lock by the record's release.
+    assert_eq!(
+        store.get(&first).await.unwrap(),
+        Some(Record::PendingUpstream { ticket })
+    );
+    store.release(&first).await.unwrap();
+    assert_eq!(
+        store.claim(&second.resubmission(), LEASE).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    store.release(&lock).await.unwrap();
+    assert_eq!(
+        store.claim(&second.resubmission(), LEASE).await.unwrap(),
+        Claim::Won
+    );
+}
+
 both_stores!(a_lapsed_lease_can_be_won_again);
 async fn a_lapsed_lease_can_be_won_again(store: Arc<dyn Store>) {
     let k = key("t5", b"key-a");

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -371,7 +372,7 @@ fn signature_and_encryption_requests_land_on_different_profiles() {
 // Misbehaving upstreams (a fake HTTP server in the test)
 // ---------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 enum Misbehaviour {
     /// 200 with bytes that are no CertRep.
     Garbage,
@@ -388,6 +389,12 @@ enum Misbehaviour {
     /// Issues a PKCSReq's certificate, then closes the connection without answering (it
     /// died, or the network did); answers CertPoll for it with the certificate.
     IssueThenDrop,
+    /// Garbage (an outage) until `up` is set; then issues after `delay`, keeping each
+    /// certificate by its (upstream) transactionID.
+    Recovering {
+        up: &'static AtomicBool,
+        delay: Duration,
+    },
 }
 
 /// A fake upstream: answers GetCACaps and GetCACert properly (so that its probes pass)
@@ -511,6 +518,22 @@ fn serve_fake(
                             info: FailInfo::BadCertId,
                             text: "unknown transaction".into(),
                         },
+                    };
+                    let reply = certrep::build(ca, &request.header, Some(request.cipher), &outcome)
+                        .unwrap();
+                    ("application/x-pki-message", reply)
+                }
+                Misbehaviour::Recovering { up, .. } if !up.load(Ordering::SeqCst) => {
+                    ("application/x-pki-message", b"\x30\x80garbage".to_vec())
+                }
+                Misbehaviour::Recovering { delay, .. } => {
+                    std::thread::sleep(delay);
+                    let (request, issued) = issue(&body, ca);
+                    let certificate = issued.unwrap();
+                    let id = request.header.transaction_id.as_str().to_owned();
+                    pending.lock().unwrap().insert(id, certificate.clone());
+                    let outcome = Outcome::Issued {
+                        certificates: vec![certificate.into()],
                     };
                     let reply = certrep::build(ca, &request.header, Some(request.cipher), &outcome)
                         .unwrap();
@@ -855,6 +878,67 @@ fn a_queueing_profile_answers_pending_while_down_and_issues_on_certpoll_after() 
         other => panic!("{other:?}\n{}", gw.log()),
     };
     assert!(verify_against(&certificate, &a.ca_pem()).contains("upstream-queue"));
+    gw.assert_healthy();
+}
+
+/// A queued request is submitted again by the device's CertPoll; three CertPolls at once
+/// (a device retrying, or its retry landing beside a slow first try) submit it once: one
+/// holds the transaction's resubmission lock, the others are answered PENDING.
+#[test]
+fn concurrent_certpolls_of_a_queued_request_submit_it_once() {
+    static UP: AtomicBool = AtomicBool::new(false);
+    let issued = Pending::default();
+    let mode = Misbehaviour::Recovering {
+        up: &UP,
+        delay: Duration::from_millis(1500),
+    };
+    let (url, ca) = fake_upstream_with(mode, issued.clone());
+    let mut entry = scep_ca("recovering", &url, 5000);
+    // Its outages must not open the breaker, and it takes several requests at once (a
+    // CA at its bound would turn the other CertPolls away by itself).
+    entry.retain(|l| !l.starts_with("failure_threshold") && !l.starts_with("max_in_flight"));
+    entry.push("failure_threshold = 100".into());
+    entry.push("max_in_flight = 8".into());
+    let mut gw = gateway(vec![
+        entry,
+        vec![
+            "[[profiles]]".into(),
+            "name = \"default\"".into(),
+            "cas = [\"recovering\"]".into(),
+            "queue_when_down = true".into(),
+        ],
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "queued-and-polled-thrice", None);
+    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    assert!(issued.lock().unwrap().is_empty());
+
+    UP.store(true, Ordering::SeqCst);
+    let answers: Vec<Enrolled> = std::thread::scope(|s| {
+        let polls: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| device.certpoll(&gw, &ca)))
+            .collect();
+        polls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let kinds: Vec<&str> = answers
+        .iter()
+        .map(|a| match a {
+            Enrolled::Certificate(_) => "certificate",
+            Enrolled::Pending => "pending",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(issued.lock().unwrap().len(), 1, "answers: {kinds:?}");
+    let certificate = device.certpoll(&gw, &ca).certificate();
+    for answer in answers {
+        match answer {
+            Enrolled::Certificate(c) => assert_eq!(c, certificate),
+            Enrolled::Pending => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(device.pkcsreq(&gw).certificate(), certificate);
+    assert_eq!(issued.lock().unwrap().len(), 1);
     gw.assert_healthy();
 }
 

@@ -156,6 +156,14 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
         ))))
     }
 
+    /// Whether [`Ca::poll`] of this ticket submits the request to a CA again (a request
+    /// a `queue_when_down` profile deferred while every CA was down) rather than ask
+    /// about one a CA already has. Such a poll may issue, so the caller holds the
+    /// transaction's resubmission lock around it (`TransactionKey::resubmission`).
+    fn resubmits(&self, _ticket: &[u8]) -> bool {
+        false
+    }
+
     /// The chain to send after `certificate` (which this CA, or one behind it, issued)
     /// when a retry or CertPoll is answered from the store.
     fn chain_of(&self, _certificate: &[u8]) -> Vec<Arc<[u8]>> {

@@ -406,6 +406,11 @@ impl Ca for Router {
         })
     }
 
+    /// A ticket without a CA: queued while every CA of its profile was down.
+    fn resubmits(&self, ticket: &[u8]) -> bool {
+        RouterTicket::decode(ticket).is_ok_and(|t| t.ca.is_empty())
+    }
+
     /// Background polling of a request an upstream CA deferred: that CA's
     /// `poll_interval_secs` and `poll_attempts`. A request queued while every CA was
     /// down is not polled in the background (the device's CertPoll submits it again).

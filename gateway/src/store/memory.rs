@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
-use super::{Claim, OtpPut, OtpRecord, Record, Revocation, Store, TransactionKey};
+use super::{Claim, OtpPut, OtpRecord, Record, Revocation, Slot, Store, TransactionKey};
 use crate::ca::BoxFuture;
 use crate::error::{Error, Result};
-use crate::scep::message::TransactionId;
 
 #[derive(Debug)]
 struct Entry {
@@ -42,7 +41,7 @@ type Revocations = HashMap<Vec<u8>, HashMap<Vec<u8>, u64>>;
 /// Transactions and issued certificates in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    transactions: DashMap<(TransactionId, Option<[u8; 32]>), Entry>,
+    transactions: DashMap<Slot, Entry>,
     certificates: Certificates,
     /// One-time passwords by SHA-256. One lock: issuing checks the requester's count
     /// and inserts in one step; admin-rate traffic, never on the hot path.
@@ -328,6 +327,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scep::message::TransactionId;
 
     fn key(id: &str, spki: &[u8]) -> TransactionKey {
         TransactionKey::new(TransactionId::new(id.into()).unwrap(), spki, None)

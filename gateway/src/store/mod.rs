@@ -46,6 +46,9 @@ pub struct TransactionKey {
     /// claim is released only by the request that made it, and a claim sent again after
     /// a lost answer reads as won, not as somebody else's.
     pub claimant: [u8; 16],
+    /// This is the transaction's resubmission lock ([`TransactionKey::resubmission`]),
+    /// not its record.
+    pub resubmission: bool,
 }
 
 impl TransactionKey {
@@ -57,16 +60,33 @@ impl TransactionKey {
             renewing: renewing.map(sha256),
             key_hash: sha256(signer_spki),
             claimant,
+            resubmission: false,
+        }
+    }
+
+    /// The lock a request holds while it submits a queued request to a CA again (the
+    /// CertPoll of a transaction that a `queue_when_down` profile deferred while every
+    /// CA was down). The transaction's record says PENDING to every request meanwhile,
+    /// so without a lock concurrent CertPolls, on one replica or several, would each
+    /// submit it: two certificates. It is claimed, and released, like a transaction of
+    /// its own beside the record; same id, key hash and claimant.
+    pub fn resubmission(&self) -> TransactionKey {
+        TransactionKey {
+            resubmission: true,
+            ..self.clone()
         }
     }
 
     /// What the store indexes by: the transactionID and, for renewals, the certificate
     /// renewed. The key hash is compared, not indexed, so that another key presenting the
     /// same transactionID is detected as a conflict.
-    pub fn slot(&self) -> (TransactionId, Option<[u8; 32]>) {
-        (self.id.clone(), self.renewing)
+    pub fn slot(&self) -> Slot {
+        (self.id.clone(), self.renewing, self.resubmission)
     }
 }
+
+/// See [`TransactionKey::slot`]: transactionID, renewed certificate, resubmission lock.
+pub type Slot = (TransactionId, Option<[u8; 32]>, bool);
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);

@@ -35,6 +35,8 @@
 //! ```text
 //! {prefix}tx:n:{transactionID}                      a PKCSReq transaction
 //! {prefix}tx:r:{sha256(renewed cert) hex}:{transactionID}   a renewal
+//! {prefix}resubmit:{n|r}:…                           the same, a queued request's
+//!                                                    resubmission lock (a claim)
 //! {prefix}cert:{sha256(issuer Name) hex}:{serial hex}       an issued certificate
 //! {prefix}revoked:{sha256(issuer Name) hex}         hash: serial hex → revoked since (Unix s)
 //! {prefix}otp:{sha256(password) hex}                 a one-time password's record (JSON)
@@ -204,10 +206,11 @@ impl RedisStore {
     }
 
     fn transaction_key(&self, key: &TransactionKey) -> String {
+        let kind = if key.resubmission { "resubmit" } else { "tx" };
         match &key.renewing {
-            None => format!("{}tx:n:{}", self.prefix, key.id.as_str()),
+            None => format!("{}{kind}:n:{}", self.prefix, key.id.as_str()),
             Some(renewed) => format!(
-                "{}tx:r:{}:{}",
+                "{}{kind}:r:{}:{}",
                 self.prefix,
                 hex::encode(renewed),
                 key.id.as_str()
