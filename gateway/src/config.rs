@@ -630,6 +630,27 @@ impl FileConfig {
         if store.transaction_ttl_secs == 0 {
             return invalid("store.transaction_ttl_secs", "must be at least 1");
         }
+        // A CA is asked only when its timeout ends within the claim, before the time kept
+        // for recording the outcome (`ca::AnswerBy`): one whose timeout never fits would
+        // never be asked.
+        let lease_ms = store.claim_lease(&self.server).as_millis();
+        let record_ms = match store.backend {
+            StoreBackend::Memory => 0,
+            StoreBackend::Redis => 2 * u128::from(store.command_timeout_ms),
+        };
+        if let Some(ca) = self
+            .cas
+            .iter()
+            .find(|ca| u128::from(ca.timeout_ms) + record_ms >= lease_ms)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "cas.timeout_ms",
+                reason: format!(
+                    "[[cas]] {:?}: {} ms would outlast the claim a request holds (store.claim_lease_secs, less twice store.command_timeout_ms with Redis): raise the lease",
+                    ca.name, ca.timeout_ms
+                ),
+            });
+        }
         if store.backend == StoreBackend::Memory {
             return Ok(());
         }
@@ -657,6 +678,15 @@ impl FileConfig {
         }
         if store.command_timeout_ms == 0 {
             return invalid("store.command_timeout_ms", "must be at least 1");
+        }
+        // The last 2 × command_timeout of a claim is kept for recording its outcome: a
+        // CA must answer before (`ca::AnswerBy`). A lease no longer than that leaves the
+        // CA no time at all.
+        if lease_ms <= record_ms {
+            return invalid(
+                "store.command_timeout_ms",
+                "must be below half of store.claim_lease_secs (the end of a claim is kept for recording its outcome)",
+            );
         }
         if store.key_prefix.is_empty() {
             return invalid("store.key_prefix", "must not be empty");
@@ -849,6 +879,12 @@ mod tests {
             .to_string();
         assert!(err.contains("store.claim_lease_secs"), "{err}");
         let long = fine.replace("# claim_lease_secs = 30", "claim_lease_secs = 45");
+        // A command timeout that would leave a CA no time within the lease.
+        let slow = long.replace("# command_timeout_ms = 1000", "command_timeout_ms = 22500");
+        let err = FileConfig::load(&write(dir.path(), &slow))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.command_timeout_ms"), "{err}");
         let c = FileConfig::load(&write(dir.path(), &long)).unwrap();
         assert_eq!(
             c.store.claim_lease(&c.server),
@@ -941,6 +977,12 @@ queue_when_down = true
                 "random",
             ),
             ("timeout_ms = 5000", "timeout_ms = 0", "timeout_ms"),
+            // No room within the (default, 30 s) claim lease: never asked.
+            (
+                "timeout_ms = 5000",
+                "timeout_ms = 30000",
+                "claim_lease_secs",
+            ),
             (
                 "url = \"https://ndes.example/certsrv/mscep/mscep.dll\"\n",
                 "",

@@ -27,8 +27,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::ca::{IssueOutcome, IssueRequest, Route};
+use crate::ca::{self, AnswerBy, IssueOutcome, IssueRequest, Route};
 use crate::challenge::ChallengeContext;
 use crate::cms::algorithms::Digest;
 use crate::cms::signed::CertificateFields;
@@ -299,9 +300,9 @@ async fn enroll<'g>(
     trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     let csr = CertificationRequest::from_der(csr_der)?;
-    let (key, in_flight) = match early {
-        Some(early) => (early.key, early.claim),
-        None => (transaction_key(gateway, header)?, None),
+    let (key, in_flight, claimed_at) = match early {
+        Some(early) => (early.key, early.claim, early.claimed_at),
+        None => (transaction_key(gateway, header)?, None, Instant::now()),
     };
 
     let claim = match in_flight {
@@ -326,7 +327,8 @@ async fn enroll<'g>(
         }
     }
 
-    match authorize_and_issue(gateway, &key, header, &csr, client_addr).await {
+    let answer_by = answer_by(gateway, claimed_at);
+    match authorize_and_issue(gateway, &key, header, &csr, client_addr, answer_by).await {
         Ok(outcome) => {
             let pending = match &outcome {
                 IssueOutcome::Pending { ticket, .. } => Some(ticket.clone()),
@@ -423,7 +425,7 @@ async fn resume<'g>(
     if gateway.ca.resubmits(ticket) {
         return resubmit(gateway, key, header, ticket, trail).await;
     }
-    ask(gateway, key, header, ticket, trail).await
+    ask(gateway, key, header, ticket, None, trail).await
 }
 
 /// A queued request (`Ca::resubmits`) submitted again, under the transaction's
@@ -439,6 +441,7 @@ async fn resubmit<'g>(
     trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     let lock = key.resubmission();
+    let claimed_at = Instant::now();
     if gateway.store.claim(&lock, gateway.claim_lease).await? != Claim::Won {
         return Ok(Outcome::Pending);
     }
@@ -446,7 +449,8 @@ async fn resubmit<'g>(
     // the outcome after this one read the record.
     let outcome = match gateway.store.get(key).await {
         Ok(Some(Record::PendingUpstream { ticket: current })) if *current == *ticket => {
-            let outcome = ask(gateway, key, header, ticket, trail).await;
+            let answer_by = answer_by(gateway, claimed_at);
+            let outcome = ask(gateway, key, header, ticket, answer_by, trail).await;
             // Recorded before anyone else may submit: the record, not the lock, is
             // what the next holder reads.
             if let Some(recording) = trail.recording.take() {
@@ -470,15 +474,17 @@ async fn resubmit<'g>(
     outcome
 }
 
-/// The CA asked once about a deferred request (see [`resume`]).
+/// The CA asked once about a deferred request (see [`resume`]); `answer_by` when it is
+/// submitted again under the resubmission lock.
 async fn ask<'g>(
     gateway: &'g Gateway,
     key: &TransactionKey,
     header: &RequestHeader,
     ticket: &[u8],
+    answer_by: AnswerBy,
     trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
-    match gateway.ca.poll(ticket).await {
+    match gateway.ca.poll(ticket, answer_by).await {
         Ok(IssueOutcome::Pending { ticket: again, ca }) if again == ticket => {
             trail.answered_by = (!ca.is_empty()).then(|| ca.to_string());
             Ok(Outcome::Pending)
@@ -513,6 +519,7 @@ async fn authorize_and_issue(
     header: &RequestHeader,
     csr: &CertificationRequest,
     client_addr: Option<SocketAddr>,
+    answer_by: AnswerBy,
 ) -> Result<IssueOutcome> {
     let signed_by_ours = key.renewing.is_some();
     let renewing = match header.message_type {
@@ -567,6 +574,7 @@ async fn authorize_and_issue(
     };
     let route = Route {
         profile: validated.as_ref().and_then(|v| v.profile.as_deref()),
+        answer_by,
     };
     let request = || IssueRequest {
         csr,
@@ -575,13 +583,20 @@ async fn authorize_and_issue(
     // On the blocking pool already (see `pki_operation`): a CA that can sign right here
     // does, without another hop; the others (the router, upstream CAs) go through
     // `submit`.
-    let submitted = match gateway.ca.issue_blocking(request()) {
-        Some(issued) => issued.map(|issued| IssueOutcome::Issued {
-            issued,
-            chain: gateway.ca.chain().to_vec(),
-            ca: gateway.ca.name().into(),
-        }),
-        None => gateway.ca.submit(request(), route).await,
+    // (The challenge check may have taken the claim's time: the CA is not asked then.)
+    let submitted = if ca::too_late(answer_by) {
+        Err(Error::Unavailable(
+            "not issued: the transaction's claim ends before a CA could answer".into(),
+        ))
+    } else {
+        match gateway.ca.issue_blocking(request()) {
+            Some(issued) => issued.map(|issued| IssueOutcome::Issued {
+                issued,
+                chain: gateway.ca.chain().to_vec(),
+                ca: gateway.ca.name().into(),
+            }),
+            None => gateway.ca.submit(request(), route).await,
+        }
     };
     let outcome = match submitted {
         Ok(outcome) => outcome,
@@ -673,6 +688,8 @@ async fn poll<'g>(
 struct Early<'g> {
     key: TransactionKey,
     claim: Option<InFlight<'g, Claim>>,
+    /// When the claim was sent: its lease counts from (at the latest) then.
+    claimed_at: Instant,
 }
 
 impl<'g> Early<'g> {
@@ -686,9 +703,27 @@ impl<'g> Early<'g> {
             return None;
         }
         let key = transaction_key(gateway, header).ok()?;
+        let claimed_at = Instant::now();
         let claim = gateway.store.start_claim(&key, gateway.claim_lease).await;
-        Some(Early { key, claim })
+        Some(Early {
+            key,
+            claim,
+            claimed_at,
+        })
     }
+}
+
+/// When a CA must have answered a request whose claim was sent at `claimed_at` (see
+/// [`AnswerBy`]): the lease's end, less the time recording the answer may take. The
+/// store's lease starts when the claim reaches it, later than `claimed_at`: this errs
+/// on the early side.
+fn answer_by(gateway: &Gateway, claimed_at: Instant) -> AnswerBy {
+    Some(
+        claimed_at
+            + gateway
+                .claim_lease
+                .saturating_sub(gateway.store.record_bound()),
+    )
 }
 
 fn transaction_key(gateway: &Gateway, header: &RequestHeader) -> Result<TransactionKey> {

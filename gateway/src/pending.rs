@@ -69,7 +69,7 @@ async fn poll_until_decided(
                 continue;
             }
         };
-        match ca.poll(&ticket).await {
+        match ca.poll(&ticket, None).await {
             Ok(IssueOutcome::Issued { issued, ca, .. }) => {
                 let fields = match CertificateFields::parse(&issued.certificate) {
                     Ok(fields) => fields,

@@ -942,6 +942,66 @@ fn concurrent_certpolls_of_a_queued_request_submit_it_once() {
     gw.assert_healthy();
 }
 
+/// Failover never asks a CA that might answer after the transaction's claim lapsed: the
+/// device's retry, which wins the lapsed claim, would get a second certificate. Here a
+/// hanging CA (2 s timeout) takes half of a 4 s claim, so the slow CA behind it (3 s to
+/// issue, 3.5 s timeout) is not asked; the device's retries get 503 until the hanging
+/// CA's breaker opens, then one certificate. (Asking it anyway issued two: the first
+/// request's, landing after its claim lapsed, and the retry's.)
+#[test]
+fn failover_asks_no_ca_that_could_answer_after_the_claim_lapsed() {
+    static UP: AtomicBool = AtomicBool::new(true);
+    let (hang, _) = fake_upstream(Misbehaviour::Hang);
+    let issued = Pending::default();
+    let slow_mode = Misbehaviour::Recovering {
+        up: &UP,
+        delay: Duration::from_secs(3),
+    };
+    let (slow, _) = fake_upstream_with(slow_mode, issued.clone());
+    let mut hang_entry = scep_ca("hang", &hang, 2000);
+    // Only its back-off lets requests past its open breaker (a probe would close it).
+    for line in hang_entry.iter_mut() {
+        if line.starts_with("probe_interval_secs") {
+            *line = "probe_interval_secs = 3600".into();
+        }
+    }
+    let mut gw = Gateway::start(Options {
+        extra_config: vec![("request_timeout_secs".into(), "4".into())],
+        append: [
+            vec!["claim_lease_secs = 4".into()],
+            hang_entry,
+            scep_ca("slow", &slow, 3500),
+            profile("default", &["hang", "slow"], None),
+        ]
+        .concat(),
+        ..Options::default()
+    });
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    let device = Device::new(&gw, "claim-bound-device", None);
+    let mut answers = Vec::new();
+    let certificate = loop {
+        match device.pkcsreq(&gw) {
+            Enrolled::Certificate(c) => break c,
+            Enrolled::Http(503, _) if answers.len() < 5 => answers.push(503),
+            other => panic!("after {answers:?}: {other:?}\n{}", gw.log()),
+        }
+        // A device waits a little before it tries again.
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Anything still on its way from the slow CA has landed by now.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(issued.lock().unwrap().len(), 1, "after {answers:?}");
+    assert_eq!(device.pkcsreq(&gw).certificate(), certificate);
+    let log = gw.log();
+    assert!(
+        log.contains(
+            "CA slow: not asked: its 3500 ms timeout would outlast the transaction's claim"
+        ),
+        "{log}"
+    );
+    gw.assert_healthy();
+}
+
 #[test]
 fn round_robin_spreads_enrollments_over_the_profiles_cas() {
     let (url_a, _) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use super::breaker::{Breaker, BreakerSettings, LatencyWindow, Permit, Transition};
 use super::profile::CaEntryConfig;
 use super::upstream::UpstreamCa;
-use super::{BoxFuture, Ca, IssueOutcome, IssueRequest, Route};
+use super::{AnswerBy, BoxFuture, Ca, IssueOutcome, IssueRequest, Route};
 use crate::csr::CertificationRequest;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -28,6 +28,8 @@ pub enum Backend {
 pub(super) struct Owned {
     pub(super) csr: CertificationRequest,
     pub(super) renewing: Option<Vec<u8>>,
+    /// When every attempt must have been answered (the transaction's claim).
+    pub(super) answer_by: AnswerBy,
 }
 
 /// One CA of the router.
@@ -101,7 +103,8 @@ impl Member {
     /// Sends `request` to this CA, through its breaker, bound and timeout, and feeds the
     /// breaker with the result.
     pub(super) async fn attempt(self: Arc<Self>, request: Arc<Owned>) -> Result<IssueOutcome> {
-        self.guarded(|backend| {
+        let answer_by = request.answer_by;
+        self.guarded(answer_by, |backend| {
             Box::pin(async move {
                 match backend {
                     Backend::Embedded(ca) => {
@@ -122,12 +125,12 @@ impl Member {
         .await
     }
 
-    /// Asks this CA about a deferred request.
+    /// Asks this CA about a deferred request. That issues nothing new: no `answer_by`.
     pub(super) async fn poll(self: Arc<Self>, ticket: Vec<u8>) -> Result<IssueOutcome> {
-        self.guarded(|backend| {
+        self.guarded(None, |backend| {
             Box::pin(async move {
                 match backend {
-                    Backend::Embedded(ca) => ca.poll(&ticket).await,
+                    Backend::Embedded(ca) => ca.poll(&ticket, None).await,
                     Backend::Upstream(ca) => ca.poll_ticket(&ticket).await,
                 }
                 .into()
@@ -136,10 +139,22 @@ impl Member {
         .await
     }
 
-    async fn guarded<'a, F>(&'a self, call: F) -> Result<IssueOutcome>
+    /// The call through this CA's breaker, bound and timeout. Not made when this CA's
+    /// timeout would end after `answer_by` (see [`AnswerBy`]): a call is never cut
+    /// short, since a CA that got the request may issue all the same; it is only
+    /// started when its answer, or its timeout, comes while the transaction's claim
+    /// still holds.
+    async fn guarded<'a, F>(&'a self, answer_by: AnswerBy, call: F) -> Result<IssueOutcome>
     where
         F: FnOnce(&'a Backend) -> BoxFuture<'a, Attempted>,
     {
+        if answer_by.is_some_and(|by| Instant::now() + self.timeout > by) {
+            return Err(Error::Unavailable(format!(
+                "CA {}: not asked: its {} ms timeout would outlast the transaction's claim",
+                self.name,
+                self.timeout.as_millis()
+            )));
+        }
         let permit = self.breaker.allow();
         if permit == Permit::Refused {
             return Err(Error::Unavailable(format!(

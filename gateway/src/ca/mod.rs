@@ -57,12 +57,28 @@ pub enum IssueOutcome {
     Pending { ticket: Vec<u8>, ca: Arc<str> },
 }
 
-/// Hints for choosing where a request goes, besides its CSR.
+/// Hints for choosing where a request goes, besides its CSR, and how long it may take.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Route<'a> {
     /// A profile named by the challenge check (an Intune/webhook answer), overriding the
     /// key-usage selection.
     pub profile: Option<&'a str>,
+    /// When the CA must have answered (see [`AnswerBy`]); `None`: its own timeout only.
+    pub answer_by: AnswerBy,
+}
+
+/// The instant by which a CA must have answered a request made under a claim in the
+/// store: the claim's lease end, less the time recording the answer may take. A CA
+/// whose timeout would end later is not asked (`ca::member`; with failover, a later CA
+/// of the profile may not be), so that no certificate comes back after the claim has
+/// lapsed and may have been won by the device's retry, which would issue a second
+/// one. `None` where no claim is held (the background poll of an upstream PENDING,
+/// which cannot issue twice).
+pub type AnswerBy = Option<std::time::Instant>;
+
+/// Whether `answer_by` has passed: then no CA may be asked.
+pub fn too_late(answer_by: AnswerBy) -> bool {
+    answer_by.is_some_and(|t| t <= std::time::Instant::now())
 }
 
 /// A certificate authority.
@@ -149,8 +165,13 @@ pub trait Ca: Send + Sync + std::fmt::Debug {
         })
     }
 
-    /// Asks again about a deferred request (the device's CertPoll, RFC 8894 §3.3.3).
-    fn poll<'a>(&'a self, _ticket: &'a [u8]) -> BoxFuture<'a, Result<IssueOutcome>> {
+    /// Asks again about a deferred request (the device's CertPoll, RFC 8894 §3.3.3);
+    /// a queued request ([`Ca::resubmits`]) is submitted, answered by `answer_by`.
+    fn poll<'a>(
+        &'a self,
+        _ticket: &'a [u8],
+        _answer_by: AnswerBy,
+    ) -> BoxFuture<'a, Result<IssueOutcome>> {
         Box::pin(std::future::ready(Err(crate::error::Error::NotFound(
             "no pending request of this CA".into(),
         ))))

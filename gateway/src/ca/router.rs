@@ -28,7 +28,10 @@
 //! Each CA has a circuit breaker ([`super::breaker`]): consecutive outages open it and
 //! requests skip the CA until its back-off ends (then one request tries it) or an active
 //! probe (GetCACaps) succeeds. Each CA has a timeout and a bound on requests in flight;
-//! a CA at its bound counts as unavailable for that request (without opening its breaker).
+//! a CA at its bound counts as unavailable for that request (without opening its breaker),
+//! and so does a CA whose timeout would end after the transaction's claim
+//! ([`super::AnswerBy`]): its answer could come after the device's retry won the lapsed
+//! claim and got a certificate of its own.
 //! When every CA of a profile is unavailable the answer is `Error::Unavailable` (HTTP
 //! 503: nothing was issued, retry later), or PENDING when the profile sets
 //! `queue_when_down` (the device's CertPoll submits the request again).
@@ -41,7 +44,7 @@ use tokio::task::JoinSet;
 use super::member::{Backend, Member, Owned};
 use super::profile::{classify, ProfileConfig, Strategy, UsageClass};
 use super::upstream;
-use super::{BoxFuture, Ca, IssueOutcome, IssueRequest, Issued, Route};
+use super::{AnswerBy, BoxFuture, Ca, IssueOutcome, IssueRequest, Issued, Route};
 use crate::cms::signed::CertificateFields;
 use crate::csr::CertificationRequest;
 use crate::error::{Error, Result};
@@ -358,12 +361,17 @@ impl Ca for Router {
             let owned = Arc::new(Owned {
                 csr: request.csr.clone(),
                 renewing: request.renewing.map(<[u8]>::to_vec),
+                answer_by: route.answer_by,
             });
             self.route(profile, owned).await
         })
     }
 
-    fn poll<'a>(&'a self, ticket: &'a [u8]) -> BoxFuture<'a, Result<IssueOutcome>> {
+    fn poll<'a>(
+        &'a self,
+        ticket: &'a [u8],
+        answer_by: AnswerBy,
+    ) -> BoxFuture<'a, Result<IssueOutcome>> {
         Box::pin(async move {
             let ticket = RouterTicket::decode(ticket)?;
             let profile = self
@@ -378,6 +386,7 @@ impl Ca for Router {
                 let owned = Arc::new(Owned {
                     csr,
                     renewing: None,
+                    answer_by,
                 });
                 return self.route(profile, owned).await;
             }

@@ -40,7 +40,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::certificate::ParsedCertificate;
-use super::{BoxFuture, Ca, IssueOutcome, IssueRequest, Issued, Route};
+use super::{AnswerBy, BoxFuture, Ca, IssueOutcome, IssueRequest, Issued, Route};
 use crate::cms::algorithms::{ContentCipher, Digest};
 use crate::cms::ber;
 use crate::cms::signed::CertificateFields;
@@ -633,7 +633,13 @@ impl Ca for UpstreamCa {
         Box::pin(async move { self.enroll(request.csr).await.result })
     }
 
-    fn poll<'a>(&'a self, ticket: &'a [u8]) -> BoxFuture<'a, Result<IssueOutcome>> {
+    /// Asking about a request it already has never issues another: `_answer_by` is
+    /// not needed.
+    fn poll<'a>(
+        &'a self,
+        ticket: &'a [u8],
+        _answer_by: AnswerBy,
+    ) -> BoxFuture<'a, Result<IssueOutcome>> {
         Box::pin(self.poll_ticket(ticket))
     }
 

@@ -321,6 +321,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         no_otp()
     }
 
+    /// How long recording an outcome may take at most: the last stretch of a claim's
+    /// lease is kept for it, the CA must answer before (`ca::AnswerBy`). Zero for an
+    /// in-process store; a shared store's command timeout, twice (one retry on a new
+    /// connection).
+    fn record_bound(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Whether the store can serve requests now (readiness). Bounded in time.
     fn health(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(std::future::ready(Ok(())))

@@ -1031,6 +1031,10 @@ impl Store for RedisStore {
     }
 
     /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>).
+    fn record_bound(&self) -> Duration {
+        self.timeout * 2
+    }
+
     fn health(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move { self.call("ping", Command::Cmd(redis::cmd("PING"))).await })
     }
