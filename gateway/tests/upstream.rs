@@ -269,15 +269,20 @@ fn a_killed_ca_is_invisible_to_devices_and_is_taken_back_after_restart() {
     // b still serves the profile: ready.
     assert_eq!(readyz(&gw).0, 200);
 
-    // Restarted on the same port: a probe closes the breaker and a takes requests again.
+    // Restarted on the same port: an answered probe makes the next request a trial,
+    // whose success closes the breaker, and a takes requests again.
     let closed_before = count_in_log(&gw, "a", "circuit breaker closed");
     a.restart();
-    eventually(
-        Duration::from_secs(10),
-        "a probe closes the breaker of a",
-        || count_in_log(&gw, "a", "circuit breaker closed") > closed_before,
-    );
+    eventually(Duration::from_secs(10), "a probe answered by a", || {
+        log_has(&gw, "a", "circuit breaker half-open")
+    });
     let cert = enroll(&gw, "after-restart", None).certificate();
+    assert!(verify_against(&cert, &a.ca_pem()).contains("upstream-a"));
+    assert_eq!(
+        count_in_log(&gw, "a", "circuit breaker closed"),
+        closed_before + 1
+    );
+    let cert = enroll(&gw, "after-the-trial", None).certificate();
     assert!(verify_against(&cert, &a.ca_pem()).contains("upstream-a"));
     gw.assert_healthy();
 }
@@ -863,16 +868,14 @@ fn a_queueing_profile_answers_pending_while_down_and_issues_on_certpoll_after() 
     let ca = common::read_der(&a.ca_pem());
     assert!(matches!(device.certpoll(&gw, &ca), Enrolled::Pending));
 
-    // Back: once a probe has closed the breaker, the next CertPoll submits the request.
+    // Back: once a probe has been answered, the next CertPoll submits the request.
     eventually(Duration::from_secs(5), "breaker of a opens", || {
         log_has(&gw, "a", "circuit breaker opened")
     });
     a.restart();
-    eventually(
-        Duration::from_secs(10),
-        "a probe closes the breaker",
-        || log_has(&gw, "a", "circuit breaker closed"),
-    );
+    eventually(Duration::from_secs(10), "a probe answered by a", || {
+        log_has(&gw, "a", "circuit breaker half-open")
+    });
     let certificate = match device.certpoll(&gw, &ca) {
         Enrolled::Certificate(c) => c,
         other => panic!("{other:?}\n{}", gw.log()),
@@ -959,7 +962,7 @@ fn failover_asks_no_ca_that_could_answer_after_the_claim_lapsed() {
     };
     let (slow, _) = fake_upstream_with(slow_mode, issued.clone());
     let mut hang_entry = scep_ca("hang", &hang, 2000);
-    // Only its back-off lets requests past its open breaker (a probe would close it).
+    // Only its back-off lets requests past its open breaker (so would an answered probe).
     for line in hang_entry.iter_mut() {
         if line.starts_with("probe_interval_secs") {
             *line = "probe_interval_secs = 3600".into();
@@ -999,6 +1002,67 @@ fn failover_asks_no_ca_that_could_answer_after_the_claim_lapsed() {
         ),
         "{log}"
     );
+    gw.assert_healthy();
+}
+
+/// A CA that answers GetCACaps but hangs on PKIOperation (NDES with its CA stuck): once
+/// its breaker is open, an answered probe lets one trial device through, not every
+/// device that arrives within its timeout; the others go to the next CA at once.
+#[test]
+fn after_an_answered_probe_one_device_tries_a_hanging_ca_not_all() {
+    let (hang, _) = fake_upstream(Misbehaviour::Hang);
+    let (backup, _) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));
+    let entry = |name: &str, url: &str| {
+        let mut lines = scep_ca(name, url, 1500);
+        lines.retain(|l| {
+            !["failure_threshold", "max_in_flight", "backoff_"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        });
+        lines.extend([
+            "failure_threshold = 1".into(),
+            "max_in_flight = 16".into(),
+            // Only a probe ends the back-off within the test.
+            "backoff_initial_ms = 60000".into(),
+            "backoff_max_ms = 60000".into(),
+        ]);
+        lines
+    };
+    let mut gw = gateway(vec![
+        entry("hang", &hang),
+        entry("backup", &backup),
+        profile("default", &["hang", "backup"], None),
+    ]);
+    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
+    // The first device opens hang's breaker (its timeout, then the backup).
+    enroll(&gw, "opener", None).certificate();
+    eventually(Duration::from_secs(5), "a probe answered by hang", || {
+        log_has(&gw, "hang", "circuit breaker half-open")
+    });
+    let sent_to_hang = |gw: &Gateway| {
+        sample(&scrape(gw), "scep_ca_requests_total", &[("ca", "hang")]).unwrap_or(0.0)
+    };
+    let before = sent_to_hang(&gw);
+
+    let devices: Vec<Device> = (0..4)
+        .map(|i| Device::new(&gw, &format!("after-probe-{i}"), None))
+        .collect();
+    let took: Vec<Duration> = std::thread::scope(|s| {
+        let sends: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                s.spawn(|| {
+                    let started = Instant::now();
+                    d.pkcsreq(&gw).certificate();
+                    started.elapsed()
+                })
+            })
+            .collect();
+        sends.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let waited = took.iter().filter(|t| **t >= Duration::from_millis(1400));
+    assert_eq!(waited.count(), 1, "one trial, the rest at once: {took:?}");
+    assert_eq!(sent_to_hang(&gw), before + 1.0);
     gw.assert_healthy();
 }
 
@@ -1107,7 +1171,8 @@ fn a_lost_answer_is_polled_on_the_ca_that_may_have_issued_never_issued_again() {
     let (backup, backup_ca) = fake_upstream(Misbehaviour::Slow(Duration::ZERO));
     let mut flaky_entry = scep_ca("flaky", &flaky, 3000);
     flaky_entry.push("lost_answer = \"poll\"".into());
-    // The flaky CA answers GetCACaps, and an answered probe closes an open breaker: no
+    // The flaky CA answers GetCACaps, and an answered probe lets a trial request past an
+    // open breaker: no
     // probe after the first, so that none lands between the breaker opening and the
     // device that must go to the backup (every second, one sometimes did).
     for line in flaky_entry.iter_mut() {

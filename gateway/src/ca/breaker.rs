@@ -5,15 +5,19 @@
 //! ```text
 //!            threshold outages, no answered request in between
 //!   Closed ───────────────────────────────▶ Open (back-off b)
-//!     ▲                                      │ b elapsed: one request may try
-//!     │ success (request or probe)           ▼
+//!     ▲                                      │ b elapsed, or a probe answered:
+//!     │ the trial request succeeds           │ one request may try
+//!     │                                      ▼
 //!     └───────────────────────────────── HalfOpen ── outage ─▶ Open (back-off 2b, ≤ max)
 //! ```
 //! A policy answer (CertRep FAILURE) is the CA working: it counts as a success. Only an
 //! outage counts against the CA (the issue's rule: a refusal is final and is no reason to
-//! fail over). A probe's answer closes an open breaker but does not clear the outages a
-//! closed one has counted: a CA that answers GetCACaps and loses every PKIOperation must
-//! still open. No lock is held across an await: every method is synchronous.
+//! fail over). A probe's answer ends an open breaker's back-off, but only a request closes
+//! it: a CA that answers GetCACaps and hangs on every PKIOperation (NDES's IIS up, the
+//! CA behind it stuck) then gets one trial device per probe interval, not every device
+//! that arrives within its timeout. For the same reason a probe's answer does not clear
+//! the outages a closed breaker has counted. No lock is held across an await: every
+//! method is synchronous.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -58,7 +62,12 @@ pub enum Permit {
 /// A transition worth a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Opened { backoff: Duration },
+    Opened {
+        backoff: Duration,
+    },
+    /// A probe answered while open: the next request is the trial. The CA is no longer
+    /// known to be down (readiness, `scep_ca_breaker_open`), not yet known to be up.
+    Probed,
     Closed,
 }
 
@@ -115,15 +124,21 @@ impl Breaker {
         (!was_closed).then_some(Transition::Closed)
     }
 
-    /// A probe was answered: an open (or half-open) breaker closes; a closed one keeps
-    /// its count of request outages (see the module doc).
+    /// A probe was answered: an open breaker's back-off ends, so that the next request
+    /// is the trial (see the module doc). `Probed` once per back-off: not again while
+    /// the trial is out or still waits for a request.
     pub fn probe_answered(&self) -> Option<Transition> {
         let mut state = self.lock();
-        if matches!(*state, State::Closed { .. }) {
-            return None;
+        match *state {
+            State::Open { until, backoff } if Instant::now() < until => {
+                *state = State::Open {
+                    until: Instant::now(),
+                    backoff,
+                };
+                Some(Transition::Probed)
+            }
+            State::Closed { .. } | State::Open { .. } | State::HalfOpen { .. } => None,
         }
-        *state = State::Closed { failures: 0 };
-        Some(Transition::Closed)
     }
 
     /// The CA did not answer usefully (an outage).
@@ -149,7 +164,12 @@ impl Breaker {
             }
             State::HalfOpen { backoff } | State::Open { backoff, .. } => {
                 let backoff = (backoff * 2).min(s.max_backoff);
-                let reopened = matches!(*state, State::HalfOpen { .. });
+                // Back from a state that counted as healthy (a trial out, or the back-off
+                // over, e.g. ended by a probe): open again, and say so.
+                let reopened = match *state {
+                    State::Open { until, .. } => Instant::now() >= until,
+                    _ => true,
+                };
                 (
                     State::Open {
                         until: Instant::now() + backoff,
@@ -285,12 +305,41 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_answer_closes_an_open_breaker() {
+    fn a_probe_answer_makes_the_next_request_the_trial() {
         let b = breaker(1, 60_000);
         b.failure();
         assert_eq!(b.allow(), Permit::Refused);
-        assert_eq!(b.probe_answered(), Some(Transition::Closed));
+        assert!(!b.is_healthy());
+        assert_eq!(b.probe_answered(), Some(Transition::Probed));
+        assert!(b.is_healthy());
+        // Said once: the next probes find the back-off already over.
+        assert_eq!(b.probe_answered(), None);
+        assert_eq!(b.allow(), Permit::Trial);
+        assert_eq!(b.allow(), Permit::Refused, "one trial at a time");
+        assert_eq!(b.probe_answered(), None);
+        assert_eq!(b.success(), Some(Transition::Closed));
         assert_eq!(b.allow(), Permit::Go);
+    }
+
+    /// A CA whose probes answer and whose requests fail: one trial per probe, and the
+    /// back-off still doubles.
+    #[test]
+    fn a_failed_trial_after_a_probe_opens_again_with_a_longer_back_off() {
+        let b = breaker(1, 60_000);
+        b.failure();
+        assert_eq!(b.probe_answered(), Some(Transition::Probed));
+        assert_eq!(b.allow(), Permit::Trial);
+        assert_eq!(
+            b.failure(),
+            Some(Transition::Opened {
+                backoff: Duration::from_secs(120)
+            })
+        );
+        assert_eq!(b.allow(), Permit::Refused);
+        // A failed probe after an answered one: open again, said again.
+        assert_eq!(b.probe_answered(), Some(Transition::Probed));
+        assert!(matches!(b.failure(), Some(Transition::Opened { .. })));
+        assert!(!b.is_healthy());
     }
 
     /// A CA that answers GetCACaps but not requests: the probes in between do not

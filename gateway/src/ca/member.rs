@@ -249,8 +249,9 @@ impl Member {
     }
 
     /// The active probe loop of an upstream CA: GetCACaps (and GetCACert when due) every
-    /// `probe_interval`. An answer closes the breaker; an outage counts like a failed
-    /// request. A CA unreachable at start opens at once.
+    /// `probe_interval`. An answer ends an open breaker's back-off (the next request is
+    /// the trial that may close it); an outage counts like a failed request. A CA
+    /// unreachable at start opens at once.
     pub(super) async fn probe_forever(self: Arc<Self>) {
         let Backend::Upstream(ca) = &self.backend else {
             return;
@@ -268,9 +269,9 @@ impl Member {
                 });
             match result {
                 Ok(()) => {
-                    if let Some(Transition::Closed) = self.breaker.probe_answered() {
+                    if let Some(Transition::Probed) = self.breaker.probe_answered() {
                         metrics::ca_breaker(&self.name, false);
-                        tracing::info!(ca = %self.name, by = "the probe", "circuit breaker closed: CA answers again");
+                        tracing::info!(ca = %self.name, "circuit breaker half-open: the probe was answered, the next request tries the CA");
                     }
                 }
                 Err(e) if first => {
