@@ -168,6 +168,13 @@ impl Module {
     }
 
     /// The shared token state for the token `config` names, logging in on first use.
+    ///
+    /// A token already open keeps its login (PKCS#11 has one login state per token per
+    /// process) and takes `pin` for its next login, after a module restart: the key was
+    /// opened again by a configuration reload after the operator rotated the PIN, and
+    /// the PIN it was first opened with no longer works. (A wrong new PIN is therefore
+    /// only found at that next login; two keys of one configuration on one token must
+    /// name the same PIN.)
     pub(crate) fn token(
         self: &Arc<Self>,
         config: &Pkcs11KeyConfig,
@@ -177,6 +184,7 @@ impl Module {
         let slot = self.find_slot(&selector)?;
         let mut tokens = lock(&self.tokens);
         if let Some(t) = tokens.get(&slot.id()) {
+            *lock(&t.pin) = pin;
             return Ok(t.clone());
         }
         let sessions = config.sessions.unwrap_or_else(default_sessions);
@@ -184,7 +192,7 @@ impl Module {
             module: self.clone(),
             selector,
             slot: Mutex::new((slot, self.epoch())),
-            pin,
+            pin: Mutex::new(pin),
             pool: SessionPool::new(sessions),
         });
         // Open (and log in) one session now, so that a wrong PIN fails at start.
@@ -237,7 +245,8 @@ pub struct Token {
     /// Re-resolved after a fault: a re-inserted token may come back in another slot. With
     /// the module epoch it was found in.
     slot: Mutex<(Slot, u64)>,
-    pub(crate) pin: Pin,
+    /// For the next login; the latest PIN a key on this token was opened with.
+    pin: Mutex<Pin>,
     pub(crate) pool: SessionPool,
 }
 
@@ -251,6 +260,11 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// The PIN to log in with (see [`Module::token`]).
+    pub(crate) fn login_pin(&self) -> cryptoki::types::AuthPin {
+        lock(&self.pin).to_auth()
+    }
+
     /// The token's slot; found again if the module restarted since.
     pub fn slot(&self) -> Result<Slot, Pkcs11Error> {
         let mut slot = lock(&self.slot);

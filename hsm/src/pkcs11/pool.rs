@@ -188,7 +188,7 @@ fn open_logged_in(token: &Token) -> Result<Session, GetError> {
         .context()
         .open_ro_session(token.slot().map_err(GetError::Token)?)
         .map_err(GetError::Open)?;
-    match session.login(UserType::User, Some(&token.pin.to_auth())) {
+    match session.login(UserType::User, Some(&token.login_pin())) {
         Ok(()) => Ok(session),
         Err(e) => match rv(&e) {
             Some(RvError::UserAlreadyLoggedIn) => Ok(session),
