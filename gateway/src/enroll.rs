@@ -609,7 +609,7 @@ async fn authorize_and_issue(
     };
     if let IssueOutcome::Issued { issued, .. } = &outcome {
         if validated.is_some() {
-            if let Err(e) = challenge.notify_issued(&ctx, issued).await {
+            if let Err(e) = notify_issued(challenge.as_ref(), &ctx, issued, answer_by).await {
                 tracing::warn!(
                     transaction_id = %header.transaction_id,
                     serial = %hex::encode(&issued.serial),
@@ -659,6 +659,29 @@ async fn authorize_and_issue(
         );
     }
     Ok(outcome)
+}
+
+/// The validator told of the issuance (`Challenge::notify_issued`), by `answer_by`: an
+/// acknowledgement that would come after the transaction's claim lapsed counts as none,
+/// so the certificate is withheld and revoked rather than recorded while the device's
+/// retry, having won the lapsed claim, gets another one.
+async fn notify_issued(
+    challenge: &dyn crate::challenge::Challenge,
+    ctx: &ChallengeContext<'_>,
+    issued: &crate::ca::Issued,
+    answer_by: AnswerBy,
+) -> Result<()> {
+    let Some(by) = answer_by else {
+        return challenge.notify_issued(ctx, issued).await;
+    };
+    let left = by.saturating_duration_since(Instant::now());
+    tokio::time::timeout(left, challenge.notify_issued(ctx, issued))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(
+                "the challenge validator did not acknowledge the issuance before the transaction's claim ends".into(),
+            ))
+        })
 }
 
 /// CertPoll (RFC 8894 §3.3.3): the state of a transaction, from the store.

@@ -11,7 +11,7 @@ mod mock;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::redis::RedisServer;
@@ -613,14 +613,21 @@ struct IntuneState {
     token_up: bool,
     validate_code: &'static str,
     success_status: u16,
+    /// How long successNotification takes to answer.
+    success_delay: Duration,
 }
 
 /// Checks what Intune's reference client sends; an answer of 418 marks a violation.
 fn fake_intune(base: Arc<Mutex<String>>, state: Arc<Mutex<IntuneState>>) -> mock::Handler {
     Arc::new(move |r: &Recorded| {
-        let (token_up, validate_code, success_status) = {
+        let (token_up, validate_code, success_status, success_delay) = {
             let s = state.lock().unwrap();
-            (s.token_up, s.validate_code, s.success_status)
+            (
+                s.token_up,
+                s.validate_code,
+                s.success_status,
+                s.success_delay,
+            )
         };
         let violation = |what: &str| {
             let mut s = state.lock().unwrap();
@@ -732,7 +739,10 @@ fn fake_intune(base: Arc<Mutex<String>>, state: Arc<Mutex<IntuneState>>) -> mock
                 if success_status != 200 {
                     return Reply::json(success_status, json!({"error": "boom"}));
                 }
-                ok
+                Reply {
+                    delay: success_delay,
+                    ..ok
+                }
             }
             "failureNotification" => {
                 let n = &body["notification"];
@@ -780,6 +790,7 @@ fn intune_fixture_with(token_up: bool, certificate: bool) -> IntuneFixture {
         token_up,
         validate_code: "Success",
         success_status: 200,
+        success_delay: Duration::ZERO,
     }));
     let base = Arc::new(Mutex::new(String::new()));
     let server = MockServer::start(
@@ -873,6 +884,54 @@ const FAILURE_CODES: &[&str] = &[
     "BadDeviceIdInChallenge",
     "BadUserIdInChallenge",
 ];
+
+/// Intune acknowledges the issuance only after the transaction's claim has lapsed (here
+/// 2.5 s for a 2 s claim; Intune's own timeout is 3 s): that counts as no
+/// acknowledgement, so the certificate is withheld and revoked, not recorded while the
+/// device's retry, winning the lapsed claim, gets a second one.
+#[test]
+fn an_intune_acknowledgement_after_the_claim_lapsed_withholds_the_certificate() {
+    let fx = intune_fixture(true);
+    let text = std::fs::read_to_string(fx.pki.config()).unwrap();
+    let short = text
+        .replace("request_timeout_secs = 30", "request_timeout_secs = 2")
+        .replace("# claim_lease_secs = 30", "claim_lease_secs = 2");
+    assert_ne!(short, text);
+    std::fs::write(fx.pki.config(), short).unwrap();
+    fx.state.lock().unwrap().success_delay = Duration::from_millis(2500);
+    let mut gateway = fx.pki.serve();
+    let device = Device::new("late-acknowledgement");
+    match device.enroll(gateway.addr, &intune_challenge("late")) {
+        Sent::Http(503, _) => {}
+        other => panic!("{other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gateway.log().contains("withheld certificate revoked") {
+        assert!(Instant::now() < deadline, "{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = gateway.log();
+    assert!(
+        log.contains("did not acknowledge the issuance before the transaction's claim ends"),
+        "{log}"
+    );
+
+    // Intune answers in time again: the retry gets a certificate, not the withheld one.
+    fx.state.lock().unwrap().success_delay = Duration::ZERO;
+    let certificate = device
+        .enroll(gateway.addr, &intune_challenge("late"))
+        .assert_success();
+    let serial = hex::encode(ParsedCertificate::from_der(&certificate).unwrap().serial);
+    let log = gateway.log();
+    let revoked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("withheld certificate revoked"))
+        .collect();
+    assert_eq!(revoked.len(), 1, "{log}");
+    assert!(!revoked[0].contains(&serial), "{log}");
+    assert_no_violation(&fx.state);
+    gateway.assert_healthy();
+}
 
 #[test]
 fn intune_validation_success_failures_and_withheld_certificates() {
