@@ -608,48 +608,24 @@ async fn authorize_and_issue(
         }
     };
     if let IssueOutcome::Issued { issued, .. } = &outcome {
-        if validated.is_some() {
-            if let Err(e) = notify_issued(challenge.as_ref(), &ctx, issued, answer_by).await {
-                tracing::warn!(
-                    transaction_id = %header.transaction_id,
-                    serial = %hex::encode(&issued.serial),
-                    error = %e,
-                    "certificate issued but withheld: the challenge validator did not acknowledge it"
-                );
-                // Withheld means never to be used: the retry issues another one.
-                match gateway.ca.revoke_withheld(&issued.certificate) {
-                    Ok(true) => {
-                        tracing::info!(
-                            transaction_id = %header.transaction_id,
-                            serial = %hex::encode(&issued.serial),
-                            "withheld certificate revoked (on the next CRL)"
-                        );
-                        if let Err(record) =
-                            crate::revocation::record(gateway, &issued.serial).await
-                        {
-                            tracing::error!(
-                                transaction_id = %header.transaction_id,
-                                serial = %hex::encode(&issued.serial),
-                                error = %record,
-                                "withheld certificate revoked on this replica only: the store did not record it"
-                            );
-                        }
-                    }
-                    Ok(false) => tracing::warn!(
-                        transaction_id = %header.transaction_id,
-                        serial = %hex::encode(&issued.serial),
-                        "withheld certificate not revoked here: revoke it at the CA that issued it"
-                    ),
-                    Err(revoke) => tracing::error!(
-                        transaction_id = %header.transaction_id,
-                        serial = %hex::encode(&issued.serial),
-                        error = %revoke,
-                        "withheld certificate could not be revoked"
-                    ),
-                }
+        // A certificate that comes back after the claim's end (an embedded CA's HSM that
+        // hung), or that the validator does not acknowledge in time, is never used: the
+        // device's retry may already hold the transaction.
+        let acknowledged = if ca::too_late(answer_by) {
+            Err(Error::Unavailable(
+                "the CA answered after the transaction's claim ended".into(),
+            ))
+        } else if validated.is_some() {
+            notify_issued(challenge.as_ref(), &ctx, issued, answer_by).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = acknowledged {
+            withhold(gateway, header, issued, &e).await;
+            if validated.is_some() {
                 challenge.notify_failed(&ctx, &e).await;
-                return Err(e);
             }
+            return Err(e);
         }
         tracing::info!(
             transaction_id = %header.transaction_id,
@@ -659,6 +635,51 @@ async fn authorize_and_issue(
         );
     }
     Ok(outcome)
+}
+
+/// Withheld means never to be used: the certificate is revoked where it can be (the
+/// embedded CA; on every replica's CRL through the store), and the claim released by the
+/// caller, so that the retry issues another one.
+async fn withhold(
+    gateway: &Gateway,
+    header: &RequestHeader,
+    issued: &crate::ca::Issued,
+    why: &Error,
+) {
+    tracing::warn!(
+        transaction_id = %header.transaction_id,
+        serial = %hex::encode(&issued.serial),
+        error = %why,
+        "certificate issued but withheld"
+    );
+    match gateway.ca.revoke_withheld(&issued.certificate) {
+        Ok(true) => {
+            tracing::info!(
+                transaction_id = %header.transaction_id,
+                serial = %hex::encode(&issued.serial),
+                "withheld certificate revoked (on the next CRL)"
+            );
+            if let Err(record) = crate::revocation::record(gateway, &issued.serial).await {
+                tracing::error!(
+                    transaction_id = %header.transaction_id,
+                    serial = %hex::encode(&issued.serial),
+                    error = %record,
+                    "withheld certificate revoked on this replica only: the store did not record it"
+                );
+            }
+        }
+        Ok(false) => tracing::warn!(
+            transaction_id = %header.transaction_id,
+            serial = %hex::encode(&issued.serial),
+            "withheld certificate not revoked here: revoke it at the CA that issued it"
+        ),
+        Err(revoke) => tracing::error!(
+            transaction_id = %header.transaction_id,
+            serial = %hex::encode(&issued.serial),
+            error = %revoke,
+            "withheld certificate could not be revoked"
+        ),
+    }
 }
 
 /// The validator told of the issuance (`Challenge::notify_issued`), by `answer_by`: an
