@@ -415,7 +415,7 @@ impl<'a> Info<'a> {
 }
 
 /// The RFC 4514 form of a DER Name, for logs.
-fn display_name(der: &[u8]) -> Result<String> {
+pub(crate) fn display_name(der: &[u8]) -> Result<String> {
     let name = Name::from_der(der).map_err(|e| refused(format_args!("the subject: {e}")))?;
     let mut text = name.to_string();
     if text.len() > MAX_SUBJECT_DISPLAY {

@@ -334,7 +334,7 @@ async fn enroll<'g>(
                 IssueOutcome::Pending { ticket, .. } => Some(ticket.clone()),
                 IssueOutcome::Issued { .. } => None,
             };
-            let reply = record(gateway, &key, header, outcome, trail).await?;
+            let reply = record(gateway, &key, header, outcome, Some(csr.subject()), trail).await?;
             // Recorded as pending: poll the CA in the background too (if it asks for it).
             if let Some(ticket) = pending {
                 crate::pending::watch(gateway.ca.clone(), gateway.store.clone(), key, ticket);
@@ -353,11 +353,17 @@ async fn enroll<'g>(
 }
 
 /// Records what the CA decided and turns it into the reply.
+///
+/// Every certificate a transaction gets is recorded here, whichever way it came (issued
+/// at once, fetched by a CertPoll, a queued request submitted again), so this is where
+/// the one `certificate issued` audit line per certificate is written. `subject`: the
+/// CSR's, when the caller has it parsed.
 async fn record<'g>(
     gateway: &'g Gateway,
     key: &TransactionKey,
     header: &RequestHeader,
     outcome: IssueOutcome,
+    subject: Option<&str>,
     trail: &mut Trail<'g>,
 ) -> Result<Outcome> {
     match &outcome {
@@ -372,6 +378,20 @@ async fn record<'g>(
         } => {
             let certificate = new.certificate;
             let fields = CertificateFields::parse(&certificate)?;
+            let subject = match subject {
+                Some(s) => std::borrow::Cow::Borrowed(s),
+                None => crate::csr::display_name(fields.subject)
+                    .unwrap_or_default()
+                    .into(),
+            };
+            tracing::info!(
+                transaction_id = %header.transaction_id,
+                serial = %hex::encode(&new.serial),
+                subject = subject.as_ref(),
+                ca = trail.answered_by.as_deref().unwrap_or(""),
+                renewal = key.renewing.is_some() && gateway.renewal.allow,
+                "certificate issued"
+            );
             // The certificate exists now: losing it from the store must not lose it
             // from the reply. (If the store is down here, the claim stays InProgress
             // until its lease lapses: retries get PENDING meanwhile.) A shared store
@@ -489,7 +509,7 @@ async fn ask<'g>(
             trail.answered_by = (!ca.is_empty()).then(|| ca.to_string());
             Ok(Outcome::Pending)
         }
-        Ok(outcome) => record(gateway, key, header, outcome, trail).await,
+        Ok(outcome) => record(gateway, key, header, outcome, None, trail).await,
         Err(Error::Unavailable(reason)) => {
             tracing::info!(transaction_id = %header.transaction_id, reason = %reason, "pending request: the CA is still unavailable");
             Ok(Outcome::Pending)
@@ -627,12 +647,6 @@ async fn authorize_and_issue(
             }
             return Err(e);
         }
-        tracing::info!(
-            transaction_id = %header.transaction_id,
-            serial = %hex::encode(&issued.serial),
-            renewal = renewing,
-            "certificate issued"
-        );
     }
     Ok(outcome)
 }
@@ -650,7 +664,7 @@ async fn withhold(
         transaction_id = %header.transaction_id,
         serial = %hex::encode(&issued.serial),
         error = %why,
-        "certificate issued but withheld"
+        "certificate withheld (issued, never delivered)"
     );
     match gateway.ca.revoke_withheld(&issued.certificate) {
         Ok(true) => {

@@ -529,12 +529,9 @@ fn crl_is_aging(crl: &SignedCrl, now: SystemTime) -> bool {
     now >= crl.this_update + lifetime / 2 || now < crl.this_update
 }
 
-fn issued(request: &IssueRequest<'_>, serial: Vec<u8>, certificate: Vec<u8>) -> Issued {
-    tracing::info!(
-        subject = request.csr.subject(),
-        serial = hex::encode(&serial),
-        "certificate issued"
-    );
+/// (The `certificate issued` audit line is `enroll.rs`'s, where the certificate is
+/// recorded with its transaction.)
+fn issued(serial: Vec<u8>, certificate: Vec<u8>) -> Issued {
     Issued {
         certificate: certificate.into(),
         serial,
@@ -546,7 +543,7 @@ impl Ca for EmbeddedCa {
         Box::pin(async move {
             let (serial, tbs) = self.prepare(request.csr, SystemTime::now())?;
             let certificate = self.sign(tbs).await?;
-            Ok(issued(&request, serial, certificate))
+            Ok(issued(serial, certificate))
         })
     }
 
@@ -562,7 +559,7 @@ impl Ca for EmbeddedCa {
             .prepare(request.csr, SystemTime::now())
             .and_then(|(serial, tbs)| {
                 let certificate = self.signer.sign_tbs(&tbs)?;
-                Ok(issued(&request, serial, certificate))
+                Ok(issued(serial, certificate))
             });
         crate::metrics::ca_in_flight(self.name(), -1.0);
         let outcome = match &result {
