@@ -902,15 +902,9 @@ fn concurrent_certpolls_of_a_queued_request_submit_it_once() {
     entry.retain(|l| !l.starts_with("failure_threshold") && !l.starts_with("max_in_flight"));
     entry.push("failure_threshold = 100".into());
     entry.push("max_in_flight = 8".into());
-    let mut gw = gateway(vec![
-        entry,
-        vec![
-            "[[profiles]]".into(),
-            "name = \"default\"".into(),
-            "cas = [\"recovering\"]".into(),
-            "queue_when_down = true".into(),
-        ],
-    ]);
+    let mut queueing = profile("default", &["recovering"], None);
+    queueing.push("queue_when_down = true".into());
+    let mut gw = gateway(vec![entry, queueing]);
     eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
     let device = Device::new(&gw, "queued-and-polled-thrice", None);
     assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
