@@ -557,6 +557,7 @@ impl FileConfig {
                 })?;
             }
         }
+        self.check_token_pins()?;
         let mutual_tls = self
             .server
             .tls
@@ -601,6 +602,34 @@ impl FileConfig {
                 "ca",
                 "a [[cas]] entry of kind \"embedded\" needs the [ca] table".into(),
             );
+        }
+        Ok(())
+    }
+
+    /// Keys on one token name one PIN: PKCS#11 keeps one login per token per process,
+    /// so a second PIN would be used by nobody until the next login, and then by every key.
+    fn check_token_pins(&self) -> Result<(), ConfigError> {
+        let keys = [Some(&self.ra.key), self.ra.encryption_key.as_ref()]
+            .into_iter()
+            .chain(self.ra.previous.iter().map(|p| Some(&p.key)))
+            .chain([self.ca.as_ref().map(|ca| &ca.key)])
+            .flatten();
+        let mut pins = std::collections::HashMap::new();
+        for key in keys {
+            let KeyRef::Pkcs11 { pkcs11: p } = key else {
+                continue;
+            };
+            let token = (&p.module, &p.token_label, &p.token_serial, p.slot);
+            let pin = (&p.pin_env, &p.pin_file);
+            if *pins.entry(token).or_insert(pin) != pin {
+                return Err(ConfigError::Invalid {
+                    setting: "pin_env",
+                    reason: format!(
+                        "keys on one token ({}) name different PINs: a token has one login per process, give them the same pin_env or pin_file",
+                        p.describe()
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -920,6 +949,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ca.key") && err.contains("pin_env"), "{err}");
+        // Two keys on one token with two PINs: one login per token, refused.
+        let ra = "key = { pkcs11 = { module = \"/m.so\", token_label = \"t\", key_label = \"ra\", pin_file = \"PIN\" } }";
+        let same = text.replace("key = \"ra.key.pem\"", &ra.replace("PIN", "pin.txt"));
+        FileConfig::load(&write(dir.path(), &same)).unwrap();
+        let other = text.replace("key = \"ra.key.pem\"", &ra.replace("PIN", "other.txt"));
+        let err = FileConfig::load(&write(dir.path(), &other))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different PINs"), "{err}");
+        let elsewhere = other.replace(
+            "token_label = \"t\", key_label = \"ra\"",
+            "token_label = \"u\", key_label = \"ra\"",
+        );
+        FileConfig::load(&write(dir.path(), &elsewhere)).unwrap();
     }
 
     #[test]
