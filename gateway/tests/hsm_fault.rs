@@ -133,8 +133,9 @@ fn start_fails(edit: impl Fn(&str) -> String, env: &[(&str, &str)]) -> String {
 #[test]
 fn bad_pkcs11_key_settings_are_clear_start_up_errors() {
     require_tool("softhsm2-util");
+    // (Every key of the token: keys on one token must name one PIN.)
     let err = start_fails(
-        |t| t.replacen(SOFTHSM_PIN_ENV, "SCEP_E2E_WRONG_PIN", 1),
+        |t| t.replace(SOFTHSM_PIN_ENV, "SCEP_E2E_WRONG_PIN"),
         &[("SCEP_E2E_WRONG_PIN", "000000")],
     );
     assert!(
