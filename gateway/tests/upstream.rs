@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::redis::RedisServer;
 use common::scepserver::{free_port, profile, scep_ca, ScepServer};
 use common::{
-    get, must, openssl_verify, openssl_x509, post, sample, write_pem, Gateway, Options, CHALLENGE,
+    get, must, openssl_verify, openssl_x509, post, sample, write_pem, Gateway, Options, Pki,
+    CHALLENGE,
 };
 use der::flagset::FlagSet;
 use scep_gateway::ca::certificate::{self as x509, common_name, Signer};
@@ -886,34 +888,70 @@ fn a_queueing_profile_answers_pending_while_down_and_issues_on_certpoll_after() 
 
 /// A queued request is submitted again by the device's CertPoll; three CertPolls at once
 /// (a device retrying, or its retry landing beside a slow first try) submit it once: one
-/// holds the transaction's resubmission lock, the others are answered PENDING.
+/// holds the transaction's resubmission lock, the others are answered PENDING. On one
+/// node (in-process store) and on two replicas sharing a real Redis.
 #[test]
 fn concurrent_certpolls_of_a_queued_request_submit_it_once() {
     static UP: AtomicBool = AtomicBool::new(false);
+    let (config, issued, ca) = recovering_queue(&UP);
+    let mut gw = gateway(vec![config]);
+    certpolls_submit_once(&[&gw, &gw, &gw], &UP, &issued, &ca);
+    gw.assert_healthy();
+}
+
+#[test]
+fn concurrent_certpolls_on_two_replicas_submit_a_queued_request_once() {
+    static UP: AtomicBool = AtomicBool::new(false);
+    let (config, issued, ca) = recovering_queue(&UP);
+    let redis = RedisServer::start();
+    let pki = Pki::init(&Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        // The end of [store], then the CA and its queueing profile.
+        append: [vec![format!("url = \"{}\"", redis.url())], config].concat(),
+        ..Options::default()
+    });
+    let (mut a, mut b) = (pki.serve(), pki.serve());
+    certpolls_submit_once(&[&a, &b, &a], &UP, &issued, &ca);
+    a.assert_healthy();
+    b.assert_healthy();
+}
+
+/// A `Recovering` upstream (down until `up`, then 1.5 s to issue) alone in a queueing
+/// profile: the config lines, where its certificates are kept, its CA certificate.
+fn recovering_queue(up: &'static AtomicBool) -> (Vec<String>, Pending, Vec<u8>) {
     let issued = Pending::default();
     let mode = Misbehaviour::Recovering {
-        up: &UP,
+        up,
         delay: Duration::from_millis(1500),
     };
     let (url, ca) = fake_upstream_with(mode, issued.clone());
-    let mut entry = scep_ca("recovering", &url, 5000);
+    let mut config = scep_ca("recovering", &url, 5000);
     // Its outages must not open the breaker, and it takes several requests at once (a
     // CA at its bound would turn the other CertPolls away by itself).
-    entry.retain(|l| !l.starts_with("failure_threshold") && !l.starts_with("max_in_flight"));
-    entry.push("failure_threshold = 100".into());
-    entry.push("max_in_flight = 8".into());
-    let mut queueing = profile("default", &["recovering"], None);
-    queueing.push("queue_when_down = true".into());
-    let mut gw = gateway(vec![entry, queueing]);
-    eventually(Duration::from_secs(10), "ready", || readyz(&gw).0 == 200);
-    let device = Device::new(&gw, "queued-and-polled-thrice", None);
-    assert!(matches!(device.pkcsreq(&gw), Enrolled::Pending));
+    config.retain(|l| !l.starts_with("failure_threshold") && !l.starts_with("max_in_flight"));
+    config.push("failure_threshold = 100".into());
+    config.push("max_in_flight = 8".into());
+    config.extend(profile("default", &["recovering"], None));
+    config.push("queue_when_down = true".into());
+    (config, issued, ca)
+}
+
+/// The device's PKCSReq is queued (the CA down); the CA comes back; one CertPoll per
+/// gateway of `gateways`, all at once: one certificate issued, and every answer is it or
+/// PENDING.
+fn certpolls_submit_once(gateways: &[&Gateway], up: &AtomicBool, issued: &Pending, ca: &[u8]) {
+    for gw in gateways {
+        eventually(Duration::from_secs(10), "ready", || readyz(gw).0 == 200);
+    }
+    let device = Device::new(gateways[0], "queued-and-polled-thrice", None);
+    assert!(matches!(device.pkcsreq(gateways[0]), Enrolled::Pending));
     assert!(issued.lock().unwrap().is_empty());
 
-    UP.store(true, Ordering::SeqCst);
+    up.store(true, Ordering::SeqCst);
     let answers: Vec<Enrolled> = std::thread::scope(|s| {
-        let polls: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| device.certpoll(&gw, &ca)))
+        let polls: Vec<_> = gateways
+            .iter()
+            .map(|gw| s.spawn(|| device.certpoll(gw, ca)))
             .collect();
         polls.into_iter().map(|p| p.join().unwrap()).collect()
     });
@@ -926,7 +964,8 @@ fn concurrent_certpolls_of_a_queued_request_submit_it_once() {
         })
         .collect();
     assert_eq!(issued.lock().unwrap().len(), 1, "answers: {kinds:?}");
-    let certificate = device.certpoll(&gw, &ca).certificate();
+    let last = gateways[gateways.len() - 1];
+    let certificate = device.certpoll(last, ca).certificate();
     for answer in answers {
         match answer {
             Enrolled::Certificate(c) => assert_eq!(c, certificate),
@@ -934,9 +973,10 @@ fn concurrent_certpolls_of_a_queued_request_submit_it_once() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(device.pkcsreq(&gw).certificate(), certificate);
+    for gw in gateways {
+        assert_eq!(device.pkcsreq(gw).certificate(), certificate);
+    }
     assert_eq!(issued.lock().unwrap().len(), 1);
-    gw.assert_healthy();
 }
 
 /// Failover never asks a CA that might answer after the transaction's claim lapsed: the
