@@ -419,6 +419,17 @@ impl StoreConfig {
         )
     }
 
+    /// The last stretch of a claim kept for recording its outcome (`Store::record_bound`
+    /// of the store this configures).
+    pub fn record_bound(&self) -> std::time::Duration {
+        match self.backend {
+            StoreBackend::Memory => std::time::Duration::ZERO,
+            StoreBackend::Redis => crate::store::redis::record_bound(
+                std::time::Duration::from_millis(self.command_timeout_ms),
+            ),
+        }
+    }
+
     /// The Redis URL, from `url` or the variable `url_env` names.
     pub fn redis_url(&self) -> Result<String, ConfigError> {
         match (&self.url, &self.url_env) {
@@ -663,10 +674,7 @@ impl FileConfig {
         // for recording the outcome (`ca::AnswerBy`): one whose timeout never fits would
         // never be asked.
         let lease_ms = store.claim_lease(&self.server).as_millis();
-        let record_ms = match store.backend {
-            StoreBackend::Memory => 0,
-            StoreBackend::Redis => 2 * u128::from(store.command_timeout_ms),
-        };
+        let record_ms = store.record_bound().as_millis();
         if let Some(ca) = self
             .cas
             .iter()

@@ -327,7 +327,7 @@ async fn enroll<'g>(
         }
     }
 
-    let answer_by = answer_by(gateway, claimed_at);
+    let answer_by = answer_by_for(gateway, claimed_at);
     match authorize_and_issue(gateway, &key, header, &csr, client_addr, answer_by).await {
         Ok(outcome) => {
             let pending = match &outcome {
@@ -469,7 +469,7 @@ async fn resubmit<'g>(
     // the outcome after this one read the record.
     let outcome = match gateway.store.get(key).await {
         Ok(Some(Record::PendingUpstream { ticket: current })) if *current == *ticket => {
-            let answer_by = answer_by(gateway, claimed_at);
+            let answer_by = answer_by_for(gateway, claimed_at);
             let outcome = ask(gateway, key, header, ticket, answer_by, trail).await;
             // Recorded before anyone else may submit: the record, not the lock, is
             // what the next holder reads.
@@ -775,7 +775,7 @@ impl<'g> Early<'g> {
 /// [`AnswerBy`]): the lease's end, less the time recording the answer may take. The
 /// store's lease starts when the claim reaches it, later than `claimed_at`: this errs
 /// on the early side.
-fn answer_by(gateway: &Gateway, claimed_at: Instant) -> AnswerBy {
+fn answer_by_for(gateway: &Gateway, claimed_at: Instant) -> AnswerBy {
     Some(
         claimed_at
             + gateway

@@ -27,8 +27,9 @@
 //!
 //! Each CA has a circuit breaker ([`super::breaker`]): consecutive outages open it and
 //! requests skip the CA until its back-off ends or an active probe (GetCACaps) is
-//! answered; then one request tries it, and its success closes the breaker. Each CA has a timeout and a bound on requests in flight;
-//! a CA at its bound counts as unavailable for that request (without opening its breaker),
+//! answered; then one request tries it, and its success closes the breaker. Each CA has
+//! a timeout and a bound on requests in flight; a CA at its bound counts as unavailable
+//! for that request (without opening its breaker),
 //! and so does a CA whose timeout would end after the transaction's claim
 //! ([`super::AnswerBy`]): its answer could come after the device's retry won the lapsed
 //! claim and got a certificate of its own.

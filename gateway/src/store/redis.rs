@@ -739,6 +739,13 @@ fn release_command(redis_key: &str, ours: &[u8]) -> redis::Cmd {
     cmd
 }
 
+/// [`Store::record_bound`] of a Redis store whose calls time out after `command_timeout`:
+/// twice that, since a call is retried once on a new connection. (Also what `config.rs`
+/// checks the lease against.)
+pub fn record_bound(command_timeout: Duration) -> Duration {
+    command_timeout * 2
+}
+
 /// Milliseconds for `PX`, at least 1 (`PX 0` is an error) and within Redis' range.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis())
@@ -1030,11 +1037,11 @@ impl Store for RedisStore {
         })
     }
 
-    /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>).
     fn record_bound(&self) -> Duration {
-        self.timeout * 2
+        record_bound(self.timeout)
     }
 
+    /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>).
     fn health(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move { self.call("ping", Command::Cmd(redis::cmd("PING"))).await })
     }
