@@ -385,6 +385,39 @@ pub struct StoreConfig {
     pub key_prefix: String,
     /// Redis: bound on every store call; beyond it the request gets HTTP 503.
     pub command_timeout_ms: u64,
+    /// Redis: find the master through Redis Sentinel (`[store.sentinel]`). `url` /
+    /// `url_env` then say only how to talk to it (user, password, database); its host
+    /// and port are not used.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `[store.sentinel]`: the sentinels that name the Redis master, and what they call it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> …`).
+    pub master: String,
+    /// `host:port` of each sentinel (usually three or more), asked in this order.
+    pub nodes: Vec<String>,
+    /// The sentinels' own ACL user, if they have one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable holding the sentinels' own password (`requirepass` in
+    /// sentinel.conf), if they have one; not the master's, which is in the URL.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// How often the sentinels are asked for the master while every command succeeds
+    /// (they are asked at once after a failure a failover explains). Bounds how long
+    /// writes may go to a master the sentinels replaced while our connections to it stay
+    /// open (a partition).
+    #[serde(default = "SentinelConfig::default_recheck_ms")]
+    pub recheck_ms: u64,
+}
+
+impl SentinelConfig {
+    fn default_recheck_ms() -> u64 {
+        5000
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -406,6 +439,7 @@ impl Default for StoreConfig {
             tls_ca_file: None,
             key_prefix: "scep:".into(),
             command_timeout_ms: 1000,
+            sentinel: None,
         }
     }
 }
@@ -689,7 +723,13 @@ impl FileConfig {
             });
         }
         if store.backend == StoreBackend::Memory {
+            if store.sentinel.is_some() {
+                return invalid("store.sentinel", "is for the redis backend only");
+            }
             return Ok(());
+        }
+        if let Some(sentinel) = &store.sentinel {
+            check_sentinel(store, sentinel)?;
         }
         if store.url.is_some() == store.url_env.is_some() {
             return invalid(
@@ -730,6 +770,48 @@ impl FileConfig {
         }
         Ok(())
     }
+}
+
+/// `[store.sentinel]`: a master name, at least one `host:port`, and no TLS (not
+/// supported with Sentinel yet).
+fn check_sentinel(store: &StoreConfig, sentinel: &SentinelConfig) -> Result<(), ConfigError> {
+    let invalid = |setting, reason: &str| {
+        Err(ConfigError::Invalid {
+            setting,
+            reason: reason.into(),
+        })
+    };
+    if sentinel.master.is_empty() {
+        return invalid("store.sentinel.master", "must not be empty");
+    }
+    if sentinel.recheck_ms < 100 {
+        return invalid("store.sentinel.recheck_ms", "must be at least 100");
+    }
+    if sentinel.nodes.is_empty() {
+        return invalid("store.sentinel.nodes", "needs at least one host:port");
+    }
+    for node in &sentinel.nodes {
+        let port = node
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+            return Err(ConfigError::Invalid {
+                setting: "store.sentinel.nodes",
+                reason: format!("{node:?} is not host:port"),
+            });
+        }
+    }
+    let tls = store
+        .url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("rediss://"));
+    if tls || store.tls_ca_file.is_some() {
+        return invalid(
+            "store.sentinel",
+            "TLS (rediss://, tls_ca_file) is not supported together with Sentinel",
+        );
+    }
+    Ok(())
 }
 
 /// The commented `gateway.toml` that `scep-gateway init` writes.
@@ -823,6 +905,12 @@ max_transactions = 50000
 # tls_ca_file = "redis-ca.pem"        # rediss:// with a private CA
 # key_prefix = "scep:"
 # command_timeout_ms = 1000
+# Redis Sentinel: the master is the one the sentinels name; url/url_env then give only
+# its user, password and database (e.g. redis://:PASSWORD@sentinel/0, host not used).
+# [store.sentinel]
+# master = "scep"
+# nodes = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]
+# password_env = "SCEP_SENTINEL_PASSWORD"   # the sentinels' own requirepass, if any
 "#
     )
 }
@@ -880,6 +968,51 @@ mod tests {
             .to_string();
         assert!(err.contains("max_body_byte"), "{err}");
         assert!(err.contains("gateway.toml"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let sentinel = |store: &str, section: &str| {
+            let text = example("c.txt")
+                .replace("backend = \"memory\"", store)
+                .replace(
+                    "# url = \"redis://127.0.0.1:6379/0\"",
+                    "url = \"redis://sentinel/0\"",
+                )
+                + section;
+            FileConfig::load(&write(dir.path(), &text)).map_err(|e| e.to_string())
+        };
+        let good = "[store.sentinel]\nmaster = \"scep\"\nnodes = [\"10.0.0.1:26379\", \"s2.internal:26379\"]\n";
+        let c = sentinel("backend = \"redis\"", good).unwrap();
+        let s = c.store.sentinel.unwrap();
+        assert_eq!(
+            (s.master.as_str(), s.nodes.len(), s.recheck_ms),
+            ("scep", 2, 5000)
+        );
+        let err = sentinel("backend = \"memory\"", good).unwrap_err();
+        assert!(err.contains("store.sentinel"), "{err}");
+        for (bad, setting) in [
+            (
+                good.replace("10.0.0.1:26379", "10.0.0.1"),
+                "store.sentinel.nodes",
+            ),
+            (good.replace("\"scep\"", "\"\""), "store.sentinel.master"),
+            (
+                good.replace("[\"10.0.0.1:26379\", \"s2.internal:26379\"]", "[]"),
+                "store.sentinel.nodes",
+            ),
+            (
+                good.to_string() + "recheck_ms = 10\n",
+                "store.sentinel.recheck_ms",
+            ),
+            (good.to_string() + "password = \"x\"\n", "password"),
+        ] {
+            let err = sentinel("backend = \"redis\"", &bad).unwrap_err();
+            assert!(err.contains(setting), "{bad}: {err}");
+        }
+        let tls = sentinel("backend = \"redis\"\ntls_ca_file = \"ca.pem\"", good).unwrap_err();
+        assert!(tls.contains("TLS"), "{tls}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::scep::cacert::{self, CaCertAnswer};
 use crate::scep::capabilities::Capabilities;
 use crate::scep::request::CryptoPolicy;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::redis::{RedisSettings, RedisStore, SentinelSettings};
 use crate::store::Store;
 
 /// The running gateway's shared state.
@@ -397,12 +397,31 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> 
                 })?),
                 None => None,
             };
+            let sentinel = match &config.sentinel {
+                Some(s) => Some(SentinelSettings {
+                    master: s.master.clone(),
+                    nodes: s.nodes.clone(),
+                    username: s.username.clone(),
+                    password: match &s.password_env {
+                        Some(var) => {
+                            Some(std::env::var(var).map_err(|_| ConfigError::Invalid {
+                                setting: "store.sentinel.password_env",
+                                reason: format!("the environment variable {var} is not set"),
+                            })?)
+                        }
+                        None => None,
+                    },
+                    recheck: Duration::from_millis(s.recheck_ms),
+                }),
+                None => None,
+            };
             let store = RedisStore::connect(RedisSettings {
                 url: config.redis_url()?,
                 tls_ca_pem,
                 key_prefix: config.key_prefix.clone(),
                 command_timeout: Duration::from_millis(config.command_timeout_ms),
                 ttl,
+                sentinel,
             })
             .map_err(|e| ConfigError::Invalid {
                 setting: "store.url",

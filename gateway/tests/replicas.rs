@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, SentinelGroup, SENTINEL_MASTER};
 use common::{get, post, Gateway, Options, Pki};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
@@ -280,6 +280,7 @@ fn a_claim_held_by_a_killed_replica_lapses_and_the_retry_completes() {
             key_prefix: "scep:".into(),
             command_timeout: Duration::from_secs(2),
             ttl: Duration::from_secs(60),
+            sentinel: None,
         })
         .unwrap();
         let claim = store
@@ -529,4 +530,63 @@ fn assert_success(reply: &Reply) {
         "{:?}",
         reply.fail_info_text
     );
+}
+
+/// Redis Sentinel (issue 4): two replicas find the master through a sentinel. A
+/// device enrolls; the master fails over; the device's retry on the other replica is
+/// answered from the store with the same certificate (the record was replicated before
+/// the failover), a new device enrolls on both replicas without an error, and both stay
+/// ready. Neither gateway restarts.
+#[test]
+fn a_fleet_behind_sentinel_follows_a_failover() {
+    let group = SentinelGroup::start();
+    let pki = Pki::init(&Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        append: vec![
+            // The master's password and database; the host is not used.
+            "url_env = \"SCEP_TEST_REDIS_URL\"".into(),
+            "[store.sentinel]".into(),
+            format!("master = \"{SENTINEL_MASTER}\""),
+            format!("nodes = [\"{}\"]", group.sentinel_node()),
+        ],
+        env: vec![(
+            "SCEP_TEST_REDIS_URL".into(),
+            format!("redis://:{}@sentinel/0", group.password),
+        )],
+        ..Options::default()
+    });
+    let mut replicas = [pki.serve(), pki.serve()];
+    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
+    let certs = client::ca_certificates(&answer.body).unwrap();
+    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
+    for replica in &replicas {
+        wait_ready(replica.addr, 200, Duration::from_secs(10));
+    }
+
+    let first = Device::new("before-failover");
+    let (spec, message) = first.pkcsreq(&ra);
+    let (serial, _) = issued(&first.exchange(replicas[0].addr, &spec, &message));
+
+    group.wait_replicated();
+    group.fail_over();
+
+    let retry = first.exchange(replicas[1].addr, &spec, &message);
+    assert_success(&retry);
+    assert_eq!(
+        issued(&retry).0,
+        serial,
+        "the retry got another certificate"
+    );
+    let second = Device::new("after-failover");
+    for replica in &mut replicas {
+        let (spec, message) = second.pkcsreq(&ra);
+        assert_success(&second.exchange(replica.addr, &spec, &message));
+        wait_ready(replica.addr, 200, Duration::from_secs(5));
+        replica.assert_healthy();
+    }
+    for replica in &replicas {
+        let log = replica.log();
+        assert!(log.contains("the master moved"), "{log}");
+        assert!(!log.contains(&group.password), "the password is in the log");
+    }
 }

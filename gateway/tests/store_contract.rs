@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, SentinelGroup, SENTINEL_MASTER};
 use scep_gateway::error::Error;
 use scep_gateway::scep::message::TransactionId;
 use scep_gateway::store::memory::MemoryStore;
-use scep_gateway::store::redis::{RedisSettings, RedisStore};
+use scep_gateway::store::redis::{RedisSettings, RedisStore, SentinelSettings};
 use scep_gateway::store::{Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
 
 const LEASE: Duration = Duration::from_secs(5);
@@ -30,6 +30,7 @@ fn redis_store(server: &RedisServer, timeout: Duration) -> RedisStore {
         key_prefix: "test:".into(),
         command_timeout: timeout,
         ttl: Duration::from_secs(60),
+        sentinel: None,
     })
     .unwrap()
 }
@@ -504,6 +505,7 @@ async fn redis_over_tls_with_a_password() {
             key_prefix: "tls:".into(),
             command_timeout: Duration::from_secs(2),
             ttl: Duration::from_secs(60),
+            sentinel: None,
         })
         .unwrap()
     };
@@ -539,6 +541,7 @@ async fn the_redis_password_is_never_shown() {
         key_prefix: "test:".into(),
         command_timeout: Duration::from_millis(200),
         ttl: Duration::from_secs(60),
+        sentinel: None,
     })
     .unwrap();
     let error = store.health().await.unwrap_err().to_string();
@@ -638,3 +641,173 @@ async fn calls_started_early_answer_like_the_calls(store: Arc<dyn Store>) {
 }
 
 both_stores!(calls_started_early_answer_like_the_calls);
+
+/// The master the sentinel of `group` names, reached with the group's password (the
+/// URL's host is not used).
+fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -> RedisStore {
+    RedisStore::connect(RedisSettings {
+        url: format!("redis://:{}@sentinel/0", group.password),
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: timeout,
+        ttl: Duration::from_secs(60),
+        sentinel: Some(SentinelSettings {
+            master: SENTINEL_MASTER.into(),
+            nodes: vec![group.sentinel_node()],
+            username: None,
+            password: None,
+            recheck,
+        }),
+    })
+    .unwrap()
+}
+
+/// Redis Sentinel: the store finds the master through the sentinel, and the first
+/// command after a failover (its connection closed by the sentinel, or answered
+/// READONLY by the demoted master) is sent again to the new master within its own
+/// timeout: no call fails, and what was written before is there. The periodic lookup
+/// is set beyond the test, so that only the failed command can have moved the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_sentinel_follows_failovers() {
+    follow_failovers(Duration::from_secs(600)).await;
+}
+
+/// The same over the blocking connections: those to the old master are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_sentinel_follows_failovers_on_the_blocking_path() {
+    on_blocking_thread(follow_failovers(Duration::from_secs(600))).await;
+}
+
+/// With the periodic lookup on, the store has usually moved before the next command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_sentinel_rechecks_the_master() {
+    follow_failovers(Duration::from_millis(200)).await;
+}
+
+async fn follow_failovers(recheck: Duration) {
+    let group = SentinelGroup::start();
+    let store = sentinel_store(&group, Duration::from_secs(2), recheck);
+    let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
+    let issued = Record::Issued {
+        certificate: cert.clone(),
+    };
+    let before = key("before", b"key-a");
+    assert_eq!(store.claim(&before, LEASE).await.unwrap(), Claim::Won);
+    store
+        .issued(&before, b"issuer", &[1], cert.clone())
+        .await
+        .unwrap();
+    let password = [7u8; 32];
+    assert_eq!(
+        store
+            .put_otp(&password, &otp("alice"), Duration::from_secs(60), 5)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+
+    for round in 0..2 {
+        group.wait_replicated();
+        let old = group.master_port();
+        group.fail_over();
+        assert_ne!(group.master_port(), old);
+        let fresh = key(&format!("after-{round}"), b"key-b");
+        let started = Instant::now();
+        assert_eq!(
+            store.claim(&fresh, LEASE).await.unwrap(),
+            Claim::Won,
+            "round {round}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        store
+            .issued(&fresh, b"issuer", &[2, round], cert.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim(&key("before", b"key-a"), LEASE).await.unwrap(),
+            Claim::Existing(issued.clone())
+        );
+        assert!(store.health().await.is_ok());
+    }
+    // The scripts run on the new master too, and the password is still single-use.
+    assert_eq!(store.take_otp(&password).await.unwrap(), Some(otp("alice")));
+    assert_eq!(store.take_otp(&password).await.unwrap(), None);
+}
+
+/// The sentinels name no master: every call fails within the timeout (HTTP 503),
+/// none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_sentinels_are_gone_is_unavailable_in_time() {
+    let mut group = SentinelGroup::start();
+    group.stop_sentinel();
+    let timeout = Duration::from_millis(500);
+    let store = sentinel_store(&group, timeout, Duration::from_secs(5));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let claimed = store.claim(&key("nobody", b"k"), LEASE).await;
+        assert!(matches!(claimed, Err(Error::Unavailable(_))), "{claimed:?}");
+        assert!(
+            started.elapsed() < timeout * 2,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    let message = store.health().await.unwrap_err().to_string();
+    assert!(
+        message.contains("sentinel") && !message.contains(&group.password),
+        "{message}"
+    );
+}
+
+/// A fixed endpoint that is a replica now (a managed Redis whose primary moved while our
+/// connection still reaches the old one): writes get a clear 503 within the timeout, the
+/// store connects again (a new connection resolves the name again), and once the node
+/// is a master again writes go through. (That the new connection follows a DNS change
+/// is not tested here: the test cannot move a name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_endpoint_answering_readonly_is_unavailable_then_recovers() {
+    let server = RedisServer::start();
+    let other = RedisServer::start();
+    let timeout = Duration::from_millis(500);
+    let store = redis_store(&server, timeout);
+    assert_eq!(
+        store.claim(&key("ro-1", b"k"), LEASE).await.unwrap(),
+        Claim::Won
+    );
+
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let replicaof = |host: &str, port: &str, admin: &mut redis::Connection| {
+        redis::cmd("REPLICAOF")
+            .arg(host)
+            .arg(port)
+            .query::<()>(admin)
+            .unwrap();
+    };
+    replicaof("127.0.0.1", &other.port.to_string(), &mut admin);
+    for op in 0..3 {
+        let started = Instant::now();
+        let claimed = store.claim(&key(&format!("ro-{op}-b"), b"k"), LEASE).await;
+        let message = match claimed {
+            Err(Error::Unavailable(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(message.contains("ReadOnly"), "{message}");
+        assert!(
+            started.elapsed() < timeout * 2,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    replicaof("NO", "ONE", &mut admin);
+    assert_eq!(
+        store.claim(&key("ro-2", b"k"), LEASE).await.unwrap(),
+        Claim::Won
+    );
+}

@@ -11,6 +11,7 @@
 //! so that a retry landing on another replica is answered from the same record.
 
 mod codec;
+mod master;
 pub mod memory;
 pub mod observe;
 mod overlap;

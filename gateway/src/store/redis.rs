@@ -53,9 +53,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::aio::ConnectionManagerConfig;
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError};
 
+use super::master::{Master, Node};
 use super::overlap::{Orphan, Overlapped};
 use super::{
     codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Revocation, Store, TransactionKey,
@@ -105,6 +107,25 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// How long finished transactions and issued certificates are kept.
     pub ttl: Duration,
+    /// Find the master through Redis Sentinel; `url` then gives only how to talk to it
+    /// (user, password, database), not where it is.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// Where the sentinels are and what they call the master.
+#[derive(Clone)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> …`).
+    pub master: String,
+    /// `host:port` of each sentinel, tried in order.
+    pub nodes: Vec<String>,
+    /// The sentinels' own credentials (`requirepass`, or an ACL user, in their
+    /// sentinel.conf), if they need any. Never logged.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// How often the sentinels are asked while every command succeeds (they are also
+    /// asked at once after a command fails in a way a failover explains).
+    pub recheck: Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -114,18 +135,21 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("ttl", &self.ttl)
+            .field(
+                "sentinel",
+                &self.sentinel.as_ref().map(|s| (&s.master, &s.nodes)),
+            )
             .finish()
     }
 }
 
 /// Transactions and issued certificates in Redis.
 pub struct RedisStore {
-    manager: ConnectionManager,
-    /// For the blocking connections of [`super::blocking_scope`] threads.
-    client: Client,
-    /// Idle blocking connections, at most [`MAX_IDLE_BLOCKING`]. The lock is held only
-    /// to push or pop, never across I/O.
-    idle: std::sync::Mutex<Vec<redis::Connection>>,
+    /// The node commands go to (fixed, or named by the sentinels).
+    master: Master,
+    /// Idle blocking connections and the generation of the node they reach, at most
+    /// [`MAX_IDLE_BLOCKING`]. The lock is held only to push or pop, never across I/O.
+    idle: std::sync::Mutex<Vec<(u64, redis::Connection)>>,
     /// The URL without its password, for logs and errors.
     endpoint: String,
     prefix: String,
@@ -185,11 +209,27 @@ impl RedisStore {
             // backoff short so that the service resumes within a second of Redis.
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(invalid)?;
+        let (master, endpoint) = match &settings.sentinel {
+            None => (Master::fixed(client, config).map_err(invalid)?, endpoint),
+            Some(sentinel) => {
+                let located = sentinel_client(&client, sentinel).map_err(invalid)?;
+                let master = Master::sentinel(
+                    located,
+                    sentinel.master.clone(),
+                    config,
+                    settings.command_timeout,
+                    sentinel.recheck,
+                );
+                let endpoint = format!(
+                    "sentinel {} master {:?}",
+                    sentinel.nodes.join(","),
+                    sentinel.master
+                );
+                (master, endpoint)
+            }
+        };
         Ok(RedisStore {
-            manager,
-            client,
+            master,
             idle: std::sync::Mutex::new(Vec::new()),
             endpoint,
             prefix: settings.key_prefix,
@@ -283,6 +323,10 @@ impl RedisStore {
                 self.timeout.as_millis()
             ),
             Failure::Redis(e) => format!("redis store {}: {op}: {e}", self.endpoint),
+            Failure::NoMaster => format!(
+                "redis store {}: {op}: the sentinels name no master",
+                self.endpoint
+            ),
         })
     }
 
@@ -290,7 +334,7 @@ impl RedisStore {
         &self,
         command: &Command<'_>,
     ) -> std::result::Result<T, Failure> {
-        run_async(self.manager.clone(), self.timeout, command).await
+        run_async(&self.master, self.timeout, command).await
     }
 
     /// [`RedisStore::call_async`] as a future that owns what it needs, to be
@@ -299,16 +343,16 @@ impl RedisStore {
         &self,
         command: Command<'static>,
     ) -> BoxFuture<'static, std::result::Result<T, Failure>> {
-        let manager = self.manager.clone();
+        let master = self.master.clone();
         let timeout = self.timeout;
-        Box::pin(async move { run_async(manager, timeout, &command).await })
+        Box::pin(async move { run_async(&master, timeout, &command).await })
     }
 
     /// A claim's answer nobody awaited: a claim it may have won (`redis_key` holding
     /// `ours`, the claim's own value) is released, so that the transaction is not held
     /// until its lease runs out.
     fn release_if_won(&self, redis_key: String, ours: Vec<u8>) -> Orphan<ClaimAnswer> {
-        let manager = self.manager.clone();
+        let master = self.master.clone();
         let timeout = self.timeout;
         let script = self.release.clone();
         Box::new(move |answer| {
@@ -321,7 +365,7 @@ impl RedisStore {
                 let mut invocation = script.prepare_invoke();
                 invocation.key(redis_key).arg(ours);
                 let release = Command::Script(invocation);
-                if run_async::<i64>(manager, timeout, &release).await.is_err() {
+                if run_async::<i64>(&master, timeout, &release).await.is_err() {
                     tracing::debug!("an unused claim was not released; it lapses with its lease");
                 }
             })
@@ -331,30 +375,39 @@ impl RedisStore {
     /// The blocking path: an idle pooled connection (or a new one), read and write
     /// timeouts set to what is left of the command timeout. A connection goes back to
     /// the pool only after a clean answer; after any error its state is unknown and it
-    /// is dropped. A pooled connection that fails on I/O (Redis restarted since) is
-    /// replaced by a new one once, within the same deadline.
+    /// is dropped. A pooled connection that fails on I/O (Redis restarted since), or any
+    /// connection to a node that has since been replaced (a failover: `-READONLY`, or a
+    /// dropped connection the sentinels explain), is replaced by a new one once, within
+    /// the same deadline.
     fn call_blocking<T: redis::FromRedisValue>(
         &self,
         command: &Command<'_>,
     ) -> std::result::Result<T, Failure> {
         let deadline = Instant::now() + self.timeout;
-        let pooled = self.idle_connection();
+        let node = self
+            .master
+            .node_blocking(deadline)
+            .ok_or(Failure::NoMaster)?;
+        let pooled = self.idle_connection(node.generation);
         let retry_allowed = pooled.is_some();
         let mut connection = match pooled {
             Some(c) => c,
-            None => self.connect_blocking(deadline)?,
+            None => connect_blocking(&node, deadline)?,
         };
+        let mut generation = node.generation;
         let result = match run_blocking(command, &mut connection, deadline) {
-            Err(Failure::Redis(e))
-                if retry_allowed && (e.is_io_error() || e.is_connection_dropped()) =>
-            {
-                connection = self.connect_blocking(deadline)?;
-                run_blocking(command, &mut connection, deadline)
-            }
+            Err(Failure::Redis(e)) => match self.master.after_blocking(&node, &e, deadline) {
+                Some(next) if retry_allowed || next.generation != node.generation => {
+                    connection = connect_blocking(&next, deadline)?;
+                    generation = next.generation;
+                    run_blocking(command, &mut connection, deadline)
+                }
+                _ => Err(Failure::Redis(e)),
+            },
             other => other,
         };
         if result.is_ok() {
-            self.return_connection(connection);
+            self.return_connection(generation, connection);
         }
         result
     }
@@ -404,9 +457,10 @@ impl RedisStore {
             Command::Pipe(p) => p.get_packed_pipeline(),
             Command::Script(_) => return None,
         };
-        let mut connection = match self.idle_connection() {
+        let node = self.master.now()?;
+        let mut connection = match self.idle_connection(node.generation) {
             Some(c) => c,
-            None => self.connect_blocking(deadline).ok()?,
+            None => connect_blocking(&node, deadline).ok()?,
         };
         let left = remaining(deadline).ok()?;
         connection.set_write_timeout(Some(left)).ok()?;
@@ -417,6 +471,7 @@ impl RedisStore {
             command,
             replies,
             connection: Some(connection),
+            generation: node.generation,
             abandon: None,
             sending: started.elapsed(),
             deadline,
@@ -447,9 +502,9 @@ impl RedisStore {
         let redis_key = self.transaction_key(key);
         let ours = codec::encode(key, &Record::InProgress);
         let release = Command::Cmd(release_command(&redis_key, &ours));
-        let (manager, timeout) = (self.manager.clone(), self.timeout);
+        let (master, timeout) = (self.master.clone(), self.timeout);
         runtime.spawn(async move {
-            if run_async::<i64>(manager, timeout, &release).await.is_err() {
+            if run_async::<i64>(&master, timeout, &release).await.is_err() {
                 tracing::debug!("a claim whose answer was lost was not released (yet); it lapses with its lease");
             }
         });
@@ -474,27 +529,72 @@ impl RedisStore {
         (redis_key, ours, cmd)
     }
 
-    fn idle_connection(&self) -> Option<redis::Connection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// An idle connection to the node of `generation`; those to an older node are
+    /// dropped on the way.
+    fn idle_connection(&self, generation: u64) -> Option<redis::Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((made_for, connection)) = idle.pop() {
+            if made_for == generation {
+                return Some(connection);
+            }
+        }
+        None
     }
 
     /// Back to the pool after a clean answer (beyond the bound it is closed).
-    fn return_connection(&self, connection: redis::Connection) {
+    fn return_connection(&self, generation: u64, connection: redis::Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_BLOCKING {
-            idle.push(connection);
+            idle.push((generation, connection));
         }
     }
+}
 
-    fn connect_blocking(
-        &self,
-        deadline: Instant,
-    ) -> std::result::Result<redis::Connection, Failure> {
-        let left = remaining(deadline)?;
-        self.client
-            .get_connection_with_timeout(left)
-            .map_err(Failure::from)
+fn connect_blocking(
+    node: &Node,
+    deadline: Instant,
+) -> std::result::Result<redis::Connection, Failure> {
+    let left = remaining(deadline)?;
+    node.client
+        .get_connection_with_timeout(left)
+        .map_err(Failure::from)
+}
+
+/// The sentinels of `sentinel`, asked for a master reached the way `client`'s URL says
+/// (user, password, database; its host and port are not used).
+fn sentinel_client(
+    client: &Client,
+    sentinel: &SentinelSettings,
+) -> std::result::Result<redis::sentinel::SentinelClient, RedisError> {
+    let info = client.get_connection_info();
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Err(RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "rediss:// (TLS) with Sentinel is not supported",
+        )));
     }
+    let mut nodes = Vec::with_capacity(sentinel.nodes.len());
+    for node in &sentinel.nodes {
+        let info = format!("redis://{node}").into_connection_info()?;
+        nodes.push(info.addr().clone());
+    }
+    let redis = info.redis_settings();
+    let mut builder =
+        SentinelClientBuilder::new(nodes, &sentinel.master, SentinelServerType::Master)?
+            .set_client_to_redis_db(redis.db());
+    if let Some(username) = redis.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = redis.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(username) = &sentinel.username {
+        builder = builder.set_client_to_sentinel_username(username);
+    }
+    if let Some(password) = &sentinel.password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    builder.build()
 }
 
 /// Idle blocking connections kept per store: enough for the PKIOperations a replica runs
@@ -511,7 +611,7 @@ enum Command<'a> {
 impl Command<'_> {
     async fn run_async<T: redis::FromRedisValue>(
         &self,
-        mut connection: ConnectionManager,
+        mut connection: redis::aio::ConnectionManager,
     ) -> redis::RedisResult<T> {
         match self {
             Command::Cmd(c) => c.query_async(&mut connection).await,
@@ -522,22 +622,29 @@ impl Command<'_> {
 }
 
 /// Runs `command` on the async connection within `timeout`, once more after a
-/// connection error (see [`RedisStore::call`]).
+/// connection error or on the node a failover moved the master to (see
+/// [`RedisStore::call`] and [`Master::after`]).
 async fn run_async<T: redis::FromRedisValue>(
-    manager: ConnectionManager,
+    master: &Master,
     timeout: Duration,
     command: &Command<'_>,
 ) -> std::result::Result<T, Failure> {
+    let deadline = Instant::now() + timeout;
     let attempts = async {
-        match command.run_async(manager.clone()).await {
-            Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                command.run_async(manager).await
-            }
-            other => other,
+        let node = master.node(deadline).await.ok_or(Failure::NoMaster)?;
+        match command.run_async(node.manager.clone()).await {
+            Err(e) => match master.after(&node, &e, deadline).await {
+                Some(next) => command
+                    .run_async(next.manager.clone())
+                    .await
+                    .map_err(Failure::Redis),
+                None => Err(Failure::Redis(e)),
+            },
+            Ok(answer) => Ok(answer),
         }
     };
-    match tokio::time::timeout(timeout, attempts).await {
-        Ok(result) => result.map_err(Failure::Redis),
+    match tokio::time::timeout_at(deadline.into(), attempts).await {
+        Ok(result) => result,
         Err(_) => Err(Failure::Timeout),
     }
 }
@@ -549,6 +656,8 @@ type ClaimAnswer = std::result::Result<Option<Vec<u8>>, Failure>;
 enum Failure {
     Timeout,
     Redis(RedisError),
+    /// The sentinels have named no master (yet).
+    NoMaster,
 }
 
 /// A socket timeout of a blocking connection is a [`Failure::Timeout`].
@@ -619,6 +728,8 @@ struct Sent<'a> {
     replies: usize,
     /// `None` once read.
     connection: Option<redis::Connection>,
+    /// Of the node `connection` reaches.
+    generation: u64,
     /// A claim's Redis key and value. When its answer cannot be read, the release of
     /// that claim is written on the connection before it is dropped, so that Redis runs
     /// it right after the claim if the claim lands late (a Redis that hung and resumes).
@@ -639,7 +750,7 @@ impl Sent<'_> {
         let result = match self.read_last() {
             Ok(value) => redis::from_redis_value(value).map_err(|e| Failure::Redis(e.into())),
             Err(Failure::Timeout) => Err(Failure::Timeout),
-            Err(Failure::Redis(_)) => self.store.call_blocking(&self.command),
+            Err(Failure::Redis(_) | Failure::NoMaster) => self.store.call_blocking(&self.command),
         };
         let waited = self.sending + reading.elapsed();
         observe::command("redis", self.op, waited, result.is_ok());
@@ -653,7 +764,7 @@ impl Sent<'_> {
         let mut connection = self.connection.take().ok_or(Failure::Timeout)?;
         match read_replies(&mut connection, self.replies, self.deadline) {
             Ok(last) => {
-                self.store.return_connection(connection);
+                self.store.return_connection(self.generation, connection);
                 Ok(last)
             }
             Err(failure) => {
@@ -679,7 +790,12 @@ fn read_replies(
         .map_err(Failure::from)?;
     let mut last = redis::Value::Nil;
     for _ in 0..replies {
-        last = connection.recv_response().map_err(Failure::from)?;
+        // A server error (`-READONLY` after a failover) is a failed read: the caller
+        // sends the command again, on the node the master moved to.
+        last = connection
+            .recv_response()
+            .and_then(redis::Value::extract_error)
+            .map_err(Failure::from)?;
     }
     Ok(last)
 }
@@ -1092,6 +1208,33 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_passwords_never_reach_the_log() {
+        let settings = RedisSettings {
+            url: "redis://:m4ster@sentinel/0".into(),
+            tls_ca_pem: None,
+            key_prefix: "scep:".into(),
+            command_timeout: Duration::from_millis(100),
+            ttl: Duration::from_secs(60),
+            sentinel: Some(SentinelSettings {
+                master: "scep".into(),
+                nodes: vec!["10.0.0.1:26379".into()],
+                username: None,
+                password: Some("s3ntinel".into()),
+                recheck: Duration::from_secs(5),
+            }),
+        };
+        let shown = format!("{settings:?}");
+        assert!(
+            shown.contains("10.0.0.1:26379") && shown.contains("scep"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("m4ster") && !shown.contains("s3ntinel"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn renewals_and_first_enrollments_never_share_a_key() {
         // A transactionID that looks like a renewal key must not collide with one.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1105,6 +1248,7 @@ mod tests {
             key_prefix: "scep:".into(),
             command_timeout: Duration::from_millis(100),
             ttl: Duration::from_secs(60),
+            sentinel: None,
         })
         .unwrap();
         let id = crate::scep::message::TransactionId::new("t".into()).unwrap();

@@ -31,11 +31,16 @@ impl RedisServer {
     /// Starts a server and waits until it answers PING. Panics if `redis-server` is not
     /// installed (scripts/test-all installs it): a store test never skips.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new())
+    }
+
+    /// [`RedisServer::start`] with extra arguments (`--replicaof`, `--requirepass`, …).
+    pub fn start_with(args: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             child: None,
-            args: Vec::new(),
+            args,
             tls: None,
         };
         server.run();
@@ -118,12 +123,16 @@ impl RedisServer {
     fn run(&mut self) {
         let binary = require_tool("redis-server");
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        // A config file (a sentinel's) must come first.
+        let config = self.args.first().filter(|a| a.ends_with(".conf"));
+        command.args(config);
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
-            .args(&self.args)
+            .args(&self.args[usize::from(config.is_some())..])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -161,4 +170,207 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Redis Sentinel in miniature: a master, its replica and one sentinel watching them
+/// (quorum 1), all on loopback, every node with the same password. The master is
+/// failed over on demand (`SENTINEL FAILOVER`), as an operator or a lost master would.
+pub struct SentinelGroup {
+    /// The two data nodes; which one is master changes with each failover.
+    pub nodes: [RedisServer; 2],
+    sentinel: RedisServer,
+    /// The data nodes' password (`requirepass`, and `masterauth` between them).
+    pub password: String,
+}
+
+/// The name the sentinel monitors the master under.
+pub const SENTINEL_MASTER: &str = "scep";
+
+impl SentinelGroup {
+    pub fn start() -> SentinelGroup {
+        let password = "group-secret".to_string();
+        let auth = |mut args: Vec<String>| {
+            args.extend(["--requirepass".into(), password.clone()]);
+            args.extend(["--masterauth".into(), password.clone()]);
+            // A demoted master that must resync fully does so at once (the default
+            // waits 5 s for more replicas to share the transfer).
+            args.extend(["--repl-diskless-sync-delay".into(), "0".into()]);
+            args
+        };
+        let master = RedisServer::start_with(auth(Vec::new()));
+        let replica = RedisServer::start_with(auth(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ]));
+        // Sentinel rewrites its config file: it lives in the sentinel's own directory.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {port} 1\n\
+                 sentinel auth-pass {SENTINEL_MASTER} {password}\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
+                port = master.port
+            ),
+        )
+        .unwrap();
+        let sentinel = RedisServer {
+            dir,
+            port: free_port(),
+            child: None,
+            args: vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
+            tls: None,
+        };
+        let mut sentinel = sentinel;
+        sentinel.run();
+        let group = SentinelGroup {
+            nodes: [master, replica],
+            sentinel,
+            password,
+        };
+        group.wait_master(group.nodes[0].port);
+        group.wait_replicated();
+        group
+    }
+
+    /// Kills the sentinel: nobody names a master any more.
+    pub fn stop_sentinel(&mut self) {
+        self.sentinel.stop();
+    }
+
+    /// `host:port` of the sentinel.
+    pub fn sentinel_node(&self) -> String {
+        format!("127.0.0.1:{}", self.sentinel.port)
+    }
+
+    /// The port of the node the sentinel names master now.
+    pub fn master_port(&self) -> u16 {
+        let mut sentinel = connect(self.sentinel.port, None);
+        let (_, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(SENTINEL_MASTER)
+            .query(&mut sentinel)
+            .unwrap();
+        port
+    }
+
+    /// Waits until the master's writes so far are on its replica (`WAIT 1`), so that a
+    /// failover loses none of them.
+    pub fn wait_replicated(&self) {
+        let mut master = connect(self.master_port(), Some(&self.password));
+        let copies: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(15000)
+            .query(&mut master)
+            .unwrap();
+        assert_eq!(copies, 1, "the replica did not catch up");
+    }
+
+    /// Promotes the replica (`SENTINEL FAILOVER`) and waits until the sentinel names it
+    /// and it answers as master.
+    pub fn fail_over(&self) {
+        let new = self.other_node(self.master_port());
+        let mut sentinel = connect(self.sentinel.port, None);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // NOGOODSLAVE until the sentinel has read the replica's INFO since it changed.
+        while let Err(e) = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER)
+            .query::<()>(&mut sentinel)
+        {
+            assert!(
+                e.code() == Some("NOGOODSLAVE") && Instant::now() < deadline,
+                "SENTINEL FAILOVER: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.wait_master(new);
+    }
+
+    /// Waits until the sentinel names the node on `port` and that node is master, with
+    /// the other one replicating from it.
+    fn wait_master(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let named = std::panic::catch_unwind(|| self.master_port()).ok();
+            let other = self.other_node(port);
+            if named == Some(port)
+                && self.role(port) == "master"
+                && self.replicating(other)
+                && self.sentinel_sees_replica(other)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not settle on port {port} (names {named:?})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The port of the data node that is not on `port`.
+    fn other_node(&self, port: u16) -> u16 {
+        let ports = self.nodes.iter().map(|n| n.port);
+        ports.clone().find(|p| *p != port).unwrap()
+    }
+
+    /// Whether the sentinel knows the node on `port` as a healthy replica (it learns
+    /// replicas from the master's INFO, every few seconds): only then can it fail over.
+    fn sentinel_sees_replica(&self, port: u16) -> bool {
+        let mut sentinel = connect(self.sentinel.port, None);
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(SENTINEL_MASTER)
+            .query(&mut sentinel)
+            .unwrap_or_default();
+        replicas.iter().any(|r| {
+            r.get("port").map(String::as_str) == Some(&port.to_string())
+                && r.get("flags").map(String::as_str) == Some("slave")
+        })
+    }
+
+    /// Whether the node on `port` is a replica in sync with its master (its own
+    /// `INFO replication`, fresher than what the sentinel last read).
+    fn replicating(&self, port: u16) -> bool {
+        let info = self.ask::<String>(port, redis::cmd("INFO").arg("replication"));
+        info.is_ok_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+    }
+
+    /// `command` on the data node on `port`, an error while it does not answer (loading
+    /// a resync).
+    fn ask<T: redis::FromRedisValue>(
+        &self,
+        port: u16,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let url = format!("redis://:{}@127.0.0.1:{port}/0", self.password);
+        let client = redis::Client::open(url)?;
+        let mut node = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        command.query(&mut node)
+    }
+
+    /// `master` or `slave` (ROLE's first field); `unknown` while the node does not
+    /// answer (loading a resync).
+    fn role(&self, port: u16) -> String {
+        let role = self.ask::<Vec<redis::Value>>(port, &redis::cmd("ROLE"));
+        match role.as_deref() {
+            Ok([redis::Value::BulkString(b), ..]) => String::from_utf8_lossy(b).into_owned(),
+            _ => "unknown".into(),
+        }
+    }
+}
+
+fn connect(port: u16, password: Option<&str>) -> redis::Connection {
+    let url = match password {
+        Some(p) => format!("redis://:{p}@127.0.0.1:{port}/0"),
+        None => format!("redis://127.0.0.1:{port}/0"),
+    };
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap()
 }

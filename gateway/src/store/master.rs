@@ -1,0 +1,326 @@
+//! Which Redis node the store writes to: one fixed endpoint, or the master that Redis
+//! Sentinel names.
+//!
+//! - **Fixed endpoint** (a single Redis, or a managed Redis's primary endpoint, whose DNS
+//!   name follows its failovers): one node for the life of the store. Its connection
+//!   manager reconnects by itself after a dropped connection. A write answered
+//!   `-READONLY` means the name now leads elsewhere while our connection still reaches
+//!   the old primary, demoted to a replica: the node is replaced by a new one on the same
+//!   URL, whose first connection resolves the name again.
+//! - **Sentinel** (the "Sentinel client spec",
+//!   <https://redis.io/docs/latest/develop/reference/sentinel-clients/>): a background task
+//!   asks the sentinels for the master (`SENTINEL MASTERS`, then `ROLE` on the node they
+//!   name, which must call itself master: steps 1–3 of the spec) when the store starts,
+//!   every `recheck`, and at once when a command failed in a way a failover explains (a
+//!   dropped connection: Sentinel disconnects the clients of a master it demotes,
+//!   "Sentinel failover disconnection"; or `-READONLY`). A new address becomes a new node.
+//!
+//! A command that failed that way is tried once more, on the node the lookup it triggered
+//! found, within the command's own deadline (see `redis::run_async`). Every node carries a
+//! generation, so that blocking connections made to an older node are dropped rather than
+//! reused.
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::SentinelClient;
+use redis::{Client, ErrorKind, RedisError, ServerErrorKind};
+use tokio::sync::{watch, Notify};
+
+/// The shortest gap between two lookups: a burst of failed commands asks once.
+const LOOKUP_GAP: Duration = Duration::from_millis(50);
+
+/// The node commands go to now.
+pub(super) struct Node {
+    /// Bumped each time the node is replaced.
+    pub generation: u64,
+    /// For blocking connections.
+    pub client: Client,
+    /// For async commands; reconnects by itself to the same address.
+    pub manager: ConnectionManager,
+    /// `host:port`, for logs.
+    pub address: String,
+}
+
+/// The current node, shared by every clone.
+#[derive(Clone)]
+pub(super) struct Master(Arc<Shared>);
+
+struct Shared {
+    /// `None` only before the sentinels first named a master. The lock is held to read
+    /// or swap the `Arc`, never across I/O.
+    node: RwLock<Option<Arc<Node>>>,
+    config: ConnectionManagerConfig,
+    sentinel: Option<Arc<Lookups>>,
+}
+
+/// The sentinel task's side of [`Master`].
+struct Lookups {
+    /// The name the sentinels know the master by (`sentinel monitor <name> …`).
+    name: String,
+    /// Asks the task to look again now.
+    wake: Notify,
+    /// Lookups finished so far: a command waits for the next one.
+    done: watch::Sender<u64>,
+}
+
+impl Master {
+    /// One endpoint for the life of the store.
+    pub(super) fn fixed(
+        client: Client,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, RedisError> {
+        let node = new_node(0, client, &config)?;
+        Ok(Master(Arc::new(Shared {
+            node: RwLock::new(Some(Arc::new(node))),
+            config,
+            sentinel: None,
+        })))
+    }
+
+    /// The master `name` that `sentinel` names; looked up by a task spawned on the
+    /// current tokio runtime, which ends when the last clone of the store's `Master` is
+    /// dropped. `timeout` bounds each lookup; `recheck` is how often the sentinels are
+    /// asked while every command succeeds, which bounds how long writes can go to a master
+    /// the sentinels have replaced without our connections to it being closed (a
+    /// partition).
+    pub(super) fn sentinel(
+        sentinel: SentinelClient,
+        name: String,
+        config: ConnectionManagerConfig,
+        timeout: Duration,
+        recheck: Duration,
+    ) -> Self {
+        let lookups = Arc::new(Lookups {
+            name,
+            wake: Notify::new(),
+            done: watch::channel(0).0,
+        });
+        let shared = Arc::new(Shared {
+            node: RwLock::new(None),
+            config,
+            sentinel: Some(lookups.clone()),
+        });
+        tokio::spawn(watch_sentinels(
+            Arc::downgrade(&shared),
+            lookups,
+            sentinel,
+            timeout,
+            recheck,
+        ));
+        Master(shared)
+    }
+
+    /// The current node, if there is one.
+    pub(super) fn now(&self) -> Option<Arc<Node>> {
+        self.0
+            .node
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The current node; before the sentinels first named one, waits for their answer
+    /// until `deadline`. Returns at once (no await point) when there is a node, so that
+    /// an overlapped call still hands its command over on its first poll.
+    pub(super) async fn node(&self, deadline: Instant) -> Option<Arc<Node>> {
+        if let Some(node) = self.now() {
+            return Some(node);
+        }
+        let lookups = self.0.sentinel.as_ref()?;
+        let mut done = lookups.done.subscribe();
+        if let Some(node) = self.now() {
+            return Some(node); // found between the two looks
+        }
+        let _ = tokio::time::timeout_at(deadline.into(), done.changed()).await;
+        self.now()
+    }
+
+    /// [`Master::node`] for a blocking thread.
+    pub(super) fn node_blocking(&self, deadline: Instant) -> Option<Arc<Node>> {
+        if let Some(node) = self.now() {
+            return Some(node);
+        }
+        let lookups = self.0.sentinel.as_ref()?;
+        let done = lookups.done.subscribe();
+        if let Some(node) = self.now() {
+            return Some(node);
+        }
+        wait_blocking(&done, deadline);
+        self.now()
+    }
+
+    /// After `error` on `node`: the node to try the command once more on, or `None`
+    /// when the error is not one a failover explains (or a reconnect mends). With
+    /// Sentinel, waits until `deadline` for the lookup it triggers.
+    pub(super) async fn after(
+        &self,
+        node: &Node,
+        error: &RedisError,
+        deadline: Instant,
+    ) -> Option<Arc<Node>> {
+        let mut done = match self.suspect(node, error)? {
+            Suspicion::Moved(next) => return Some(next),
+            Suspicion::LookingUp(done) => done,
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), done.changed()).await;
+        self.now()
+    }
+
+    /// [`Master::after`] for a blocking thread.
+    pub(super) fn after_blocking(
+        &self,
+        node: &Node,
+        error: &RedisError,
+        deadline: Instant,
+    ) -> Option<Arc<Node>> {
+        let done = match self.suspect(node, error)? {
+            Suspicion::Moved(next) => return Some(next),
+            Suspicion::LookingUp(done) => done,
+        };
+        wait_blocking(&done, deadline);
+        self.now()
+    }
+
+    fn suspect(&self, node: &Node, error: &RedisError) -> Option<Suspicion> {
+        let read_only = is_read_only(error);
+        let dropped = error.is_io_error() || error.is_connection_dropped();
+        if !read_only && !dropped {
+            return None;
+        }
+        match &self.0.sentinel {
+            Some(lookups) => {
+                let done = lookups.done.subscribe();
+                lookups.wake.notify_one();
+                Some(Suspicion::LookingUp(done))
+            }
+            // The same node once more: its manager reconnects by itself.
+            None if dropped => self.now().map(Suspicion::Moved),
+            None => self.renew(node).map(Suspicion::Moved),
+        }
+    }
+
+    /// A fixed endpoint answered `-READONLY`: a new node on the same URL (new
+    /// connections, the host name resolved again), unless another command already
+    /// replaced `stale`.
+    fn renew(&self, stale: &Node) -> Option<Arc<Node>> {
+        let mut slot = self.0.node.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = slot.as_ref().filter(|n| n.generation != stale.generation) {
+            return Some(current.clone());
+        }
+        let node = new_node(stale.generation + 1, stale.client.clone(), &self.0.config).ok()?;
+        tracing::warn!(
+            endpoint = %node.address,
+            "redis answered READONLY (its primary moved): connecting again"
+        );
+        let node = Arc::new(node);
+        *slot = Some(node.clone());
+        Some(node)
+    }
+}
+
+enum Suspicion {
+    /// Try again on this node.
+    Moved(Arc<Node>),
+    /// A sentinel lookup was asked for; this changes when it is done.
+    LookingUp(watch::Receiver<u64>),
+}
+
+/// `-READONLY`: the node is a replica now.
+pub(super) fn is_read_only(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+fn new_node(
+    generation: u64,
+    client: Client,
+    config: &ConnectionManagerConfig,
+) -> Result<Node, RedisError> {
+    let address = client.get_connection_info().addr().to_string();
+    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+    Ok(Node {
+        generation,
+        client,
+        manager,
+        address,
+    })
+}
+
+/// Waits on a blocking thread until `done` changes or `deadline` passes. Polls: a
+/// lookup takes a round trip or two, and this runs only after a failed command.
+fn wait_blocking(done: &watch::Receiver<u64>, deadline: Instant) {
+    while !done.has_changed().unwrap_or(true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The sentinel task: looks the master up now, every `recheck`, and whenever a
+/// command asks ([`Lookups::wake`]); adopts a new address as a new node.
+async fn watch_sentinels(
+    shared: Weak<Shared>,
+    lookups: Arc<Lookups>,
+    mut sentinel: SentinelClient,
+    timeout: Duration,
+    recheck: Duration,
+) {
+    let mut failing = false;
+    loop {
+        let Some(master) = shared.upgrade().map(Master) else {
+            return;
+        };
+        let found = tokio::time::timeout(timeout, sentinel.async_get_client()).await;
+        match found {
+            Ok(Ok(client)) => {
+                if failing {
+                    tracing::info!(master = %lookups.name, "redis sentinel: a master is named again");
+                }
+                failing = false;
+                master.adopt(client, &lookups.name);
+            }
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(master = %lookups.name, error = %e, "redis sentinel: no master found; the store is unavailable until one is");
+            }
+            Err(_) if !failing => {
+                failing = true;
+                tracing::warn!(master = %lookups.name, timeout_ms = timeout.as_millis() as u64, "redis sentinel: no sentinel answered in time; the store is unavailable until one does");
+            }
+            _ => {}
+        }
+        lookups.done.send_modify(|n| *n += 1);
+        drop(master);
+        tokio::select! {
+            _ = lookups.wake.notified() => {}
+            _ = tokio::time::sleep(recheck) => {}
+        }
+        tokio::time::sleep(LOOKUP_GAP).await;
+    }
+}
+
+impl Master {
+    /// The sentinels named `client`'s address: a new node unless it is the current one.
+    fn adopt(&self, client: Client, name: &str) {
+        let address = client.get_connection_info().addr().to_string();
+        let mut slot = self.0.node.write().unwrap_or_else(|e| e.into_inner());
+        let generation = match slot.as_ref() {
+            Some(current) if current.address == address => return,
+            Some(current) => current.generation + 1,
+            None => 0,
+        };
+        let node = match new_node(generation, client, &self.0.config) {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::warn!(master = %name, %address, error = %e, "redis sentinel: cannot use the master named");
+                return;
+            }
+        };
+        match slot.as_ref() {
+            Some(old) => {
+                tracing::warn!(master = %name, from = %old.address, to = %address, "redis sentinel: the master moved (failover); commands go to the new one")
+            }
+            None => tracing::info!(master = %name, %address, "redis sentinel: master found"),
+        }
+        *slot = Some(Arc::new(node));
+    }
+}
