@@ -412,6 +412,10 @@ pub struct SentinelConfig {
     /// open (a partition).
     #[serde(default = "SentinelConfig::default_recheck_ms")]
     pub recheck_ms: u64,
+    /// The sentinels speak TLS (their `tls-port`), checked against `store.tls_ca_file`
+    /// or the system roots. The master speaks TLS when the URL is `rediss://`.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl SentinelConfig {
@@ -729,7 +733,7 @@ impl FileConfig {
             return Ok(());
         }
         if let Some(sentinel) = &store.sentinel {
-            check_sentinel(store, sentinel)?;
+            check_sentinel(sentinel)?;
         }
         if store.url.is_some() == store.url_env.is_some() {
             return invalid(
@@ -772,9 +776,8 @@ impl FileConfig {
     }
 }
 
-/// `[store.sentinel]`: a master name, at least one `host:port`, and no TLS (not
-/// supported with Sentinel yet).
-fn check_sentinel(store: &StoreConfig, sentinel: &SentinelConfig) -> Result<(), ConfigError> {
+/// `[store.sentinel]`: a master name and at least one `host:port`.
+fn check_sentinel(sentinel: &SentinelConfig) -> Result<(), ConfigError> {
     let invalid = |setting, reason: &str| {
         Err(ConfigError::Invalid {
             setting,
@@ -800,16 +803,6 @@ fn check_sentinel(store: &StoreConfig, sentinel: &SentinelConfig) -> Result<(), 
                 reason: format!("{node:?} is not host:port"),
             });
         }
-    }
-    let tls = store
-        .url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("rediss://"));
-    if tls || store.tls_ca_file.is_some() {
-        return invalid(
-            "store.sentinel",
-            "TLS (rediss://, tls_ca_file) is not supported together with Sentinel",
-        );
     }
     Ok(())
 }
@@ -911,6 +904,7 @@ max_transactions = 50000
 # master = "scep"
 # nodes = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]
 # password_env = "SCEP_SENTINEL_PASSWORD"   # the sentinels' own requirepass, if any
+# tls = true                          # the sentinels' tls-port (the master: rediss://)
 "#
     )
 }
@@ -1011,8 +1005,9 @@ mod tests {
             let err = sentinel("backend = \"redis\"", &bad).unwrap_err();
             assert!(err.contains(setting), "{bad}: {err}");
         }
-        let tls = sentinel("backend = \"redis\"\ntls_ca_file = \"ca.pem\"", good).unwrap_err();
-        assert!(tls.contains("TLS"), "{tls}");
+        let tls = format!("{good}tls = true\n");
+        let c = sentinel("backend = \"redis\"\ntls_ca_file = \"ca.pem\"", &tls).unwrap();
+        assert!(c.store.sentinel.unwrap().tls);
     }
 
     #[test]

@@ -412,6 +412,7 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> 
                         None => None,
                     },
                     recheck: Duration::from_millis(s.recheck_ms),
+                    tls: s.tls,
                 }),
                 None => None,
             };

@@ -643,11 +643,16 @@ async fn calls_started_early_answer_like_the_calls(store: Arc<dyn Store>) {
 both_stores!(calls_started_early_answer_like_the_calls);
 
 /// The master the sentinel of `group` names, reached with the group's password (the
-/// URL's host is not used).
+/// URL's host is not used); over TLS, with the group's CA, when the group speaks it.
 fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -> RedisStore {
+    let scheme = if group.ca_pem().is_some() {
+        "rediss"
+    } else {
+        "redis"
+    };
     RedisStore::connect(RedisSettings {
-        url: format!("redis://:{}@sentinel/0", group.password),
-        tls_ca_pem: None,
+        url: format!("{scheme}://:{}@sentinel/0", group.password),
+        tls_ca_pem: group.ca_pem(),
         key_prefix: "test:".into(),
         command_timeout: timeout,
         ttl: Duration::from_secs(60),
@@ -657,6 +662,7 @@ fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -
             username: None,
             password: None,
             recheck,
+            tls: group.ca_pem().is_some(),
         }),
     })
     .unwrap()
@@ -669,23 +675,34 @@ fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -
 /// is set beyond the test, so that only the failed command can have moved the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_behind_sentinel_follows_failovers() {
-    follow_failovers(Duration::from_secs(600)).await;
+    follow_failovers(SentinelGroup::start, Duration::from_secs(600)).await;
 }
 
 /// The same over the blocking connections: those to the old master are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_behind_sentinel_follows_failovers_on_the_blocking_path() {
-    on_blocking_thread(follow_failovers(Duration::from_secs(600))).await;
+    on_blocking_thread(follow_failovers(
+        SentinelGroup::start,
+        Duration::from_secs(600),
+    ))
+    .await;
+}
+
+/// The same with TLS everywhere: to the sentinel, to the master it names (checked
+/// against the group's CA), and between the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_sentinel_over_tls_follows_failovers() {
+    follow_failovers(SentinelGroup::start_tls, Duration::from_secs(600)).await;
 }
 
 /// With the periodic lookup on, the store has usually moved before the next command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_behind_sentinel_rechecks_the_master() {
-    follow_failovers(Duration::from_millis(200)).await;
+    follow_failovers(SentinelGroup::start, Duration::from_millis(200)).await;
 }
 
-async fn follow_failovers(recheck: Duration) {
-    let group = SentinelGroup::start();
+async fn follow_failovers(start: fn() -> SentinelGroup, recheck: Duration) {
+    let group = start();
     let store = sentinel_store(&group, Duration::from_secs(2), recheck);
     let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
     let issued = Record::Issued {

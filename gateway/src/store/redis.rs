@@ -28,6 +28,10 @@
 //!   reconnects by itself; an inline PKIOperation's claim and issued record are
 //!   [`Overlapped`] with its RSA work.
 //!
+//! Where the commands go — one endpoint, or the master Redis Sentinel names, followed
+//! through failovers — is [`super::master`]'s job; a command that failed the way a
+//! failover makes commands fail is sent once more to the node it finds.
+//!
 //! The blocking path exists for CPU, not latency: from a blocking-pool thread a round trip
 //! through the async connection wakes four or five threads (bench/README.md, "Redis store").
 //!
@@ -126,6 +130,10 @@ pub struct SentinelSettings {
     /// How often the sentinels are asked while every command succeeds (they are also
     /// asked at once after a command fails in a way a failover explains).
     pub recheck: Duration,
+    /// The sentinels speak TLS (their `tls-port`), checked against
+    /// [`RedisSettings::tls_ca_pem`] or the system roots. (The master speaks TLS when
+    /// the URL is `rediss://`.)
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -186,17 +194,18 @@ impl RedisStore {
                 "the redis store must be created inside the tokio runtime".into(),
             ));
         }
-        if settings.url.starts_with("rediss://") {
+        let sentinel_tls = settings.sentinel.as_ref().is_some_and(|s| s.tls);
+        if settings.url.starts_with("rediss://") || sentinel_tls {
             // rustls picks its provider from the process default; make it the one the
             // gateway uses everywhere (aws-lc-rs), even if another crate enables ring.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
-        let client = match settings.tls_ca_pem {
+        let client = match &settings.tls_ca_pem {
             Some(pem) => Client::build_with_tls(
                 settings.url.as_str(),
                 redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(pem),
+                    root_cert: Some(pem.clone()),
                 },
             ),
             None => Client::open(settings.url.as_str()),
@@ -212,7 +221,8 @@ impl RedisStore {
         let (master, endpoint) = match &settings.sentinel {
             None => (Master::fixed(client, config).map_err(invalid)?, endpoint),
             Some(sentinel) => {
-                let located = sentinel_client(&client, sentinel).map_err(invalid)?;
+                let located = sentinel_client(&client, sentinel, settings.tls_ca_pem.as_deref())
+                    .map_err(invalid)?;
                 let master = Master::sentinel(
                     located,
                     sentinel.master.clone(),
@@ -561,27 +571,48 @@ fn connect_blocking(
 }
 
 /// The sentinels of `sentinel`, asked for a master reached the way `client`'s URL says
-/// (user, password, database; its host and port are not used).
+/// (TLS or not, user, password, database; its host and port are not used). `ca_pem`
+/// checks the TLS certificates of both, the system roots if `None`.
 fn sentinel_client(
     client: &Client,
     sentinel: &SentinelSettings,
+    ca_pem: Option<&[u8]>,
 ) -> std::result::Result<redis::sentinel::SentinelClient, RedisError> {
-    let info = client.get_connection_info();
-    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
-        return Err(RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "rediss:// (TLS) with Sentinel is not supported",
-        )));
-    }
+    let certificates = || redis::TlsCertificates {
+        client_tls: None,
+        root_cert: ca_pem.map(<[u8]>::to_vec),
+    };
     let mut nodes = Vec::with_capacity(sentinel.nodes.len());
     for node in &sentinel.nodes {
         let info = format!("redis://{node}").into_connection_info()?;
-        nodes.push(info.addr().clone());
+        let addr = match info.addr().clone() {
+            ConnectionAddr::Tcp(host, port) if sentinel.tls => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            addr => addr,
+        };
+        nodes.push(addr);
     }
+    let info = client.get_connection_info();
     let redis = info.redis_settings();
     let mut builder =
         SentinelClientBuilder::new(nodes, &sentinel.master, SentinelServerType::Master)?
             .set_client_to_redis_db(redis.db());
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if ca_pem.is_some() {
+            builder = builder.set_client_to_redis_certificates(certificates());
+        }
+    }
+    if sentinel.tls {
+        builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if ca_pem.is_some() {
+            builder = builder.set_client_to_sentinel_certificates(certificates());
+        }
+    }
     if let Some(username) = redis.username() {
         builder = builder.set_client_to_redis_username(username);
     }
@@ -1221,6 +1252,7 @@ mod tests {
                 username: None,
                 password: Some("s3ntinel".into()),
                 recheck: Duration::from_secs(5),
+                tls: false,
             }),
         };
         let shown = format!("{settings:?}");

@@ -181,6 +181,8 @@ pub struct SentinelGroup {
     sentinel: RedisServer,
     /// The data nodes' password (`requirepass`, and `masterauth` between them).
     pub password: String,
+    /// The test CA and the nodes' certificate and key (TLS groups).
+    _certificates: Option<tempfile::TempDir>,
 }
 
 /// The name the sentinel monitors the master under.
@@ -188,50 +190,99 @@ pub const SENTINEL_MASTER: &str = "scep";
 
 impl SentinelGroup {
     pub fn start() -> SentinelGroup {
+        SentinelGroup::start_with(false)
+    }
+
+    /// Every node and the sentinel speak TLS (a test CA, certificates for IP
+    /// 127.0.0.1), replication included: the sentinel then names the masters' TLS ports.
+    /// The plain ports stay open for the harness's own checks.
+    pub fn start_tls() -> SentinelGroup {
+        SentinelGroup::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> SentinelGroup {
         let password = "group-secret".to_string();
-        let auth = |mut args: Vec<String>| {
-            args.extend(["--requirepass".into(), password.clone()]);
-            args.extend(["--masterauth".into(), password.clone()]);
-            // A demoted master that must resync fully does so at once (the default
-            // waits 5 s for more replicas to share the transfer).
-            args.extend(["--repl-diskless-sync-delay".into(), "0".into()]);
-            args
+        let certificates = tls.then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            super::tls_files(dir.path());
+            dir
+        });
+        let file = |name: &str| {
+            let dir = certificates.as_ref().unwrap().path();
+            dir.join(name).to_string_lossy().into_owned()
         };
-        let master = RedisServer::start_with(auth(Vec::new()));
-        let replica = RedisServer::start_with(auth(vec![
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master.port.to_string(),
-        ]));
+        // (TLS port, arguments) of a data node.
+        let node_args = |replica_of: Option<u16>| {
+            let mut args: Vec<String> = vec![
+                "--requirepass".into(),
+                password.clone(),
+                "--masterauth".into(),
+                password.clone(),
+                // A demoted master that must resync fully does so at once (the default
+                // waits 5 s for more replicas to share the transfer).
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
+            ];
+            let tls_port = tls.then(free_port);
+            if let Some(port) = tls_port {
+                args.extend(["--tls-port".into(), port.to_string()]);
+                args.extend(["--tls-cert-file".into(), file("server.pem")]);
+                args.extend(["--tls-key-file".into(), file("server.key")]);
+                args.extend(["--tls-ca-cert-file".into(), file("ca.pem")]);
+                args.extend(["--tls-auth-clients".into(), "no".into()]);
+                args.extend(["--tls-replication".into(), "yes".into()]);
+            }
+            if let Some(master) = replica_of {
+                args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+            }
+            (tls_port, args)
+        };
+        let ca_pem = certificates
+            .as_ref()
+            .map(|dir| std::fs::read(dir.path().join("ca.pem")).unwrap());
+        let start_node = |(tls_port, args): (Option<u16>, Vec<String>)| {
+            let mut node = RedisServer::start_with(args);
+            node.tls = tls_port.map(|port| (port, ca_pem.clone().unwrap()));
+            node
+        };
+        let master = start_node(node_args(None));
+        let master_named = master.tls.as_ref().map_or(master.port, |t| t.0);
+        let replica = start_node(node_args(Some(master_named)));
         // Sentinel rewrites its config file: it lives in the sentinel's own directory.
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {port} 1\n\
-                 sentinel auth-pass {SENTINEL_MASTER} {password}\n\
-                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
-                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
-                port = master.port
-            ),
-        )
-        .unwrap();
-        let sentinel = RedisServer {
+        let mut text = format!(
+            "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_named} 1\n\
+             sentinel auth-pass {SENTINEL_MASTER} {password}\n\
+             sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+             sentinel failover-timeout {SENTINEL_MASTER} 5000\n"
+        );
+        let sentinel_tls = tls.then(free_port);
+        if let Some(port) = sentinel_tls {
+            text.push_str(&format!(
+                "tls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\n",
+                file("server.pem"),
+                file("server.key"),
+                file("ca.pem")
+            ));
+        }
+        std::fs::write(&conf, text).unwrap();
+        let mut sentinel = RedisServer {
             dir,
             port: free_port(),
             child: None,
             args: vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
-            tls: None,
+            tls: sentinel_tls.map(|port| (port, ca_pem.clone().unwrap())),
         };
-        let mut sentinel = sentinel;
         sentinel.run();
         let group = SentinelGroup {
             nodes: [master, replica],
             sentinel,
             password,
+            _certificates: certificates,
         };
-        group.wait_master(group.nodes[0].port);
+        group.wait_master(master_named);
         group.wait_replicated();
         group
     }
@@ -241,12 +292,33 @@ impl SentinelGroup {
         self.sentinel.stop();
     }
 
-    /// `host:port` of the sentinel.
+    /// `host:port` of the sentinel (its TLS port in a TLS group).
     pub fn sentinel_node(&self) -> String {
-        format!("127.0.0.1:{}", self.sentinel.port)
+        let port = self
+            .sentinel
+            .tls
+            .as_ref()
+            .map_or(self.sentinel.port, |t| t.0);
+        format!("127.0.0.1:{port}")
     }
 
-    /// The port of the node the sentinel names master now.
+    /// The PEM CA certificate of a TLS group.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        self.sentinel.tls.as_ref().map(|t| t.1.clone())
+    }
+
+    /// The port the sentinel names a data node by (its TLS port in a TLS group).
+    fn named(node: &RedisServer) -> u16 {
+        node.tls.as_ref().map_or(node.port, |t| t.0)
+    }
+
+    /// The plain port of the node the sentinel names by `named`.
+    fn plain(&self, named: u16) -> u16 {
+        let node = self.nodes.iter().find(|n| Self::named(n) == named);
+        node.map_or(named, |n| n.port)
+    }
+
+    /// The port the sentinel names the master by now.
     pub fn master_port(&self) -> u16 {
         let mut sentinel = connect(self.sentinel.port, None);
         let (_, port): (String, u16) = redis::cmd("SENTINEL")
@@ -260,7 +332,7 @@ impl SentinelGroup {
     /// Waits until the master's writes so far are on its replica (`WAIT 1`), so that a
     /// failover loses none of them.
     pub fn wait_replicated(&self) {
-        let mut master = connect(self.master_port(), Some(&self.password));
+        let mut master = connect(self.plain(self.master_port()), Some(&self.password));
         let copies: i64 = redis::cmd("WAIT")
             .arg(1)
             .arg(15000)
@@ -314,8 +386,8 @@ impl SentinelGroup {
 
     /// The port of the data node that is not on `port`.
     fn other_node(&self, port: u16) -> u16 {
-        let ports = self.nodes.iter().map(|n| n.port);
-        ports.clone().find(|p| *p != port).unwrap()
+        let mut ports = self.nodes.iter().map(Self::named);
+        ports.find(|p| *p != port).unwrap()
     }
 
     /// Whether the sentinel knows the node on `port` as a healthy replica (it learns
@@ -340,13 +412,14 @@ impl SentinelGroup {
         info.is_ok_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
     }
 
-    /// `command` on the data node on `port`, an error while it does not answer (loading
-    /// a resync).
+    /// `command` on the data node the sentinel names by `port` (over its plain port), an
+    /// error while it does not answer (loading a resync).
     fn ask<T: redis::FromRedisValue>(
         &self,
         port: u16,
         command: &redis::Cmd,
     ) -> redis::RedisResult<T> {
+        let port = self.plain(port);
         let url = format!("redis://:{}@127.0.0.1:{port}/0", self.password);
         let client = redis::Client::open(url)?;
         let mut node = client.get_connection_with_timeout(Duration::from_secs(2))?;
