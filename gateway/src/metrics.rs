@@ -30,6 +30,7 @@ pub const STORE_ERRORS: &str = "scep_store_command_errors_total";
 pub const STORE_CLAIMS: &str = "scep_store_claims_total";
 pub const STORE_RETRIES: &str = "scep_store_retries_answered_total";
 pub const STORE_EVICTED: &str = "scep_store_evicted_total";
+pub const STORE_MASTER_CHANGES: &str = "scep_store_master_changes_total";
 pub const CERT_EXPIRY: &str = "scep_cert_expiry_seconds";
 pub const LEGACY_CRYPTO: &str = "scep_legacy_crypto_total";
 pub const BUILD_INFO: &str = "scep_build_info";
@@ -126,6 +127,10 @@ fn describe() {
     describe_counter!(
         STORE_EVICTED,
         "Finished transactions dropped before their TTL because the in-process store was full"
+    );
+    describe_counter!(
+        STORE_MASTER_CHANGES,
+        "Redis store moved to another node: the master Sentinel names changed (sentinel), or a fixed endpoint answered READONLY and was connected again (readonly)"
     );
     describe_gauge!(
         CERT_EXPIRY,
@@ -283,6 +288,11 @@ pub fn store_retry_answered(kind: &'static str) {
 /// `n` finished transactions evicted from a full in-process store.
 pub fn store_evicted(n: usize) {
     counter!(STORE_EVICTED).increment(n as u64);
+}
+
+/// The Redis store moved to another node (`reason`: sentinel, readonly).
+pub fn store_master_changed(reason: &'static str) {
+    counter!(STORE_MASTER_CHANGES, "reason" => reason).increment(1);
 }
 
 // --- Certificates --------------------------------------------------------------------

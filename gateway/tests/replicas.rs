@@ -588,5 +588,8 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
         let log = replica.log();
         assert!(log.contains("the master moved"), "{log}");
         assert!(!log.contains(&group.password), "the password is in the log");
+        let moved = [("reason", "sentinel")];
+        let text = common::scrape(replica.addr);
+        assert_eq!(common::must(&text, "scep_store_master_changes_total", &moved), 1.0);
     }
 }

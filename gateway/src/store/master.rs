@@ -214,6 +214,7 @@ impl Master {
             endpoint = %node.address,
             "redis answered READONLY (its primary moved): connecting again"
         );
+        super::observe::master_changed("readonly");
         let node = Arc::new(node);
         *slot = Some(node.clone());
         Some(node)
@@ -317,7 +318,8 @@ impl Master {
         };
         match slot.as_ref() {
             Some(old) => {
-                tracing::warn!(master = %name, from = %old.address, to = %address, "redis sentinel: the master moved (failover); commands go to the new one")
+                tracing::warn!(master = %name, from = %old.address, to = %address, "redis sentinel: the master moved (failover); commands go to the new one");
+                super::observe::master_changed("sentinel");
             }
             None => tracing::info!(master = %name, %address, "redis sentinel: master found"),
         }

@@ -29,6 +29,12 @@ pub fn retry_answered(kind: &'static str) {
     metrics::store_retry_answered(kind);
 }
 
+/// The Redis store moved to another node: `sentinel` (the sentinels named another
+/// master) or `readonly` (a fixed endpoint answered READONLY and was connected again).
+pub fn master_changed(reason: &'static str) {
+    metrics::store_master_changed(reason);
+}
+
 /// Finished transactions dropped from a full in-process store before their TTL.
 pub fn evicted(n: usize) {
     metrics::store_evicted(n);
