@@ -590,6 +590,9 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
         assert!(!log.contains(&group.password), "the password is in the log");
         let moved = [("reason", "sentinel")];
         let text = common::scrape(replica.addr);
-        assert_eq!(common::must(&text, "scep_store_master_changes_total", &moved), 1.0);
+        assert_eq!(
+            common::must(&text, "scep_store_master_changes_total", &moved),
+            1.0
+        );
     }
 }

@@ -2,11 +2,13 @@
 //! Sentinel names.
 //!
 //! - **Fixed endpoint** (a single Redis, or a managed Redis's primary endpoint, whose DNS
-//!   name follows its failovers): one node for the life of the store. Its connection
+//!   name follows its failovers): one URL for the life of the store. Its connection
 //!   manager reconnects by itself after a dropped connection. A write answered
 //!   `-READONLY` means the name now leads elsewhere while our connection still reaches
 //!   the old primary, demoted to a replica: the node is replaced by a new one on the same
-//!   URL, whose first connection resolves the name again.
+//!   URL, whose first connection resolves the name again (at most once per
+//!   [`RENEW_GAP`], so that a URL that names a replica for good does not make every
+//!   request open a connection).
 //! - **Sentinel** (the "Sentinel client spec",
 //!   <https://redis.io/docs/latest/develop/reference/sentinel-clients/>): a background task
 //!   asks the sentinels for the master (`SENTINEL MASTERS`, then `ROLE` on the node they
@@ -31,6 +33,9 @@ use tokio::sync::{watch, Notify};
 /// The shortest gap between two lookups: a burst of failed commands asks once.
 const LOOKUP_GAP: Duration = Duration::from_millis(50);
 
+/// The youngest a fixed endpoint's node may be to be replaced after `-READONLY`.
+const RENEW_GAP: Duration = Duration::from_secs(1);
+
 /// The node commands go to now.
 pub(super) struct Node {
     /// Bumped each time the node is replaced.
@@ -41,6 +46,7 @@ pub(super) struct Node {
     pub manager: ConnectionManager,
     /// `host:port`, for logs.
     pub address: String,
+    made_at: Instant,
 }
 
 /// The current node, shared by every clone.
@@ -203,11 +209,14 @@ impl Master {
 
     /// A fixed endpoint answered `-READONLY`: a new node on the same URL (new
     /// connections, the host name resolved again), unless another command already
-    /// replaced `stale`.
+    /// replaced `stale`, or `stale` was made less than [`RENEW_GAP`] ago.
     fn renew(&self, stale: &Node) -> Option<Arc<Node>> {
         let mut slot = self.0.node.write().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = slot.as_ref().filter(|n| n.generation != stale.generation) {
             return Some(current.clone());
+        }
+        if stale.made_at.elapsed() < RENEW_GAP {
+            return None;
         }
         let node = new_node(stale.generation + 1, stale.client.clone(), &self.0.config).ok()?;
         tracing::warn!(
@@ -245,6 +254,7 @@ fn new_node(
         client,
         manager,
         address,
+        made_at: Instant::now(),
     })
 }
 
