@@ -756,13 +756,14 @@ async fn follow_failovers(start: fn() -> SentinelGroup, recheck: Duration) {
 }
 
 /// The sentinels name no master: every call fails within the timeout (HTTP 503),
-/// none hangs.
+/// none hangs. When they are back, the next call (a readiness probe) finds the master,
+/// without waiting for the periodic lookup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_sentinels_are_gone_is_unavailable_in_time() {
     let mut group = SentinelGroup::start();
     group.stop_sentinel();
     let timeout = Duration::from_millis(500);
-    let store = sentinel_store(&group, timeout, Duration::from_secs(5));
+    let store = sentinel_store(&group, timeout, Duration::from_secs(600));
     for _ in 0..3 {
         let started = Instant::now();
         let claimed = store.claim(&key("nobody", b"k"), LEASE).await;
@@ -778,6 +779,15 @@ async fn a_store_whose_sentinels_are_gone_is_unavailable_in_time() {
         message.contains("sentinel") && !message.contains(&group.password),
         "{message}"
     );
+
+    group.restart_sentinel();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the master was not found again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let claimed = store.claim(&key("somebody", b"k"), LEASE).await;
+    assert_eq!(claimed.unwrap(), Claim::Won);
 }
 
 /// A fixed endpoint that is a replica now (a managed Redis whose primary moved while our

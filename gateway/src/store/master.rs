@@ -127,8 +127,8 @@ impl Master {
             .clone()
     }
 
-    /// The current node; before the sentinels first named one, waits for their answer
-    /// until `deadline`. Returns at once (no await point) when there is a node, so that
+    /// The current node; before the sentinels first named one, asks them again and waits
+    /// for their answer until `deadline`. Returns at once (no await point) when there is a node, so that
     /// an overlapped call still hands its command over on its first poll.
     pub(super) async fn node(&self, deadline: Instant) -> Option<Arc<Node>> {
         if let Some(node) = self.now() {
@@ -139,6 +139,7 @@ impl Master {
         if let Some(node) = self.now() {
             return Some(node); // found between the two looks
         }
+        lookups.wake.notify_one();
         let _ = tokio::time::timeout_at(deadline.into(), done.changed()).await;
         self.now()
     }
@@ -153,6 +154,7 @@ impl Master {
         if let Some(node) = self.now() {
             return Some(node);
         }
+        lookups.wake.notify_one();
         wait_blocking(&done, deadline);
         self.now()
     }

@@ -292,6 +292,11 @@ impl SentinelGroup {
         self.sentinel.stop();
     }
 
+    /// Starts the sentinel again on its port, from the config it rewrote.
+    pub fn restart_sentinel(&mut self) {
+        self.sentinel.restart();
+    }
+
     /// `host:port` of the sentinel (its TLS port in a TLS group).
     pub fn sentinel_node(&self) -> String {
         let port = self
