@@ -141,6 +141,7 @@ fn decrypts_pkcs1_v15_and_oaep_and_fails_opaquely() {
 #[test]
 fn a_wrong_pin_is_a_clear_start_up_error_without_the_pin() {
     softhsm(&["wrong-pin"], None);
+    let _objects = object_store();
     std::env::set_var("SCEP_HSM_WRONG_PIN", "999999");
     let mut config = config("wrong-pin", "whatever");
     config.pin_env = Some("SCEP_HSM_WRONG_PIN".into());
@@ -164,6 +165,7 @@ fn a_wrong_pin_is_a_clear_start_up_error_without_the_pin() {
 #[test]
 fn a_missing_key_label_or_token_is_named() {
     softhsm(&["wrong-pin"], None);
+    let _objects = object_store();
     let err = Pkcs11Key::open(&config(TOKEN, "no-such-key"), Purpose::SIGN).unwrap_err();
     assert!(matches!(err, Pkcs11Error::KeyNotFound { .. }), "{err}");
     assert!(err.to_string().contains("no-such-key"), "{err}");
@@ -199,10 +201,13 @@ fn a_module_that_does_not_exist_is_named() {
 #[test]
 fn a_key_without_decrypt_permission_is_refused_for_decryption() {
     softhsm(&["wrong-pin"], None);
+    let _objects = object_store();
     // A sign-only RSA key, made directly through cryptoki (pkcs11-tool cannot clear
     // CKA_DECRYPT, which SoftHSM2 sets by default).
     let (label, id) = unique("signonly");
     let module = Module::get(MODULE.as_ref()).unwrap();
+    // Another test may restart the module (a missing token makes it rescan).
+    let calls = module.enter();
     let slot = module
         .find_slot(&TokenSelector::Label(TOKEN.into()))
         .unwrap();
@@ -232,6 +237,7 @@ fn a_key_without_decrypt_permission_is_refused_for_decryption() {
         .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
         .unwrap();
     drop(session);
+    drop(calls);
     let err = Pkcs11Key::open(&config(TOKEN, &label), Purpose::DECRYPT).unwrap_err();
     assert!(matches!(err, Pkcs11Error::NotPermitted { .. }), "{err}");
     assert!(err.to_string().contains("CKA_DECRYPT"), "{err}");
@@ -245,10 +251,12 @@ fn a_key_without_decrypt_permission_is_refused_for_decryption() {
 fn eight_threads_share_a_small_pool() {
     softhsm(&["wrong-pin"], None);
     let (label, id) = unique("pool");
+    let objects = object_store();
     keygen(&access(TOKEN), &label, &id, KeySpec::Rsa(2048)).unwrap();
     let mut cfg = config(TOKEN, &label);
     cfg.sessions = Some(3);
     let key = Arc::new(Pkcs11Key::open(&cfg, Purpose::BOTH).unwrap());
+    drop(objects);
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     key.set_observer(Arc::new(move |op, label, _took, ok| {
@@ -293,6 +301,7 @@ fn eight_threads_share_a_small_pool() {
 fn check_round_trip_and_list_show_a_protected_key() {
     softhsm(&["wrong-pin"], None);
     let (label, id) = unique("listed");
+    let _objects = object_store();
     keygen(&access(TOKEN), &label, &id, KeySpec::Rsa(2048)).unwrap();
     let key = Pkcs11Key::open(&config(TOKEN, &label), Purpose::BOTH).unwrap();
     let report = round_trip(&key).unwrap();

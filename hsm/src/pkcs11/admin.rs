@@ -6,7 +6,6 @@
 //! false: PKCS#11 3.0 §4.9, the key never leaves the token in the clear), and allowed
 //! exactly the operations an RA or CA needs (CKA_SIGN, and CKA_DECRYPT for RSA).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
@@ -57,9 +56,11 @@ pub struct TokenAccess {
 }
 
 impl TokenAccess {
-    /// A read-write session, logged in as the user (PKCS#11 3.0 §5.6).
-    fn session(&self) -> Result<(Arc<Module>, Session), Pkcs11Error> {
-        let module = Module::get(&self.module)?;
+    /// A read-write session on `module`, logged in as the user (PKCS#11 3.0 §5.6).
+    /// The caller holds `module.enter()` while it uses the session, as every operation
+    /// does: a restart of the module by another thread (C_Finalize) would otherwise
+    /// close it, and its object handles, mid-use.
+    fn session(&self, module: &Module) -> Result<Session, Pkcs11Error> {
         let slot = module.find_slot(&self.token)?;
         let session = module
             .context()
@@ -82,7 +83,7 @@ impl TokenAccess {
                 _ => return Err(Pkcs11Error::device("logging in", e)),
             },
         }
-        Ok((module, session))
+        Ok(session)
     }
 }
 
@@ -109,7 +110,9 @@ pub fn keygen(
             "a generated key needs a label and an id".into(),
         ));
     }
-    let (_module, session) = access.session()?;
+    let module = Module::get(&access.module)?;
+    let _calls = module.enter();
+    let session = access.session(&module)?;
     for attr in [
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
@@ -192,7 +195,9 @@ pub struct ObjectSummary {
 
 /// The keys and certificates on the token.
 pub fn list(access: &TokenAccess) -> Result<Vec<ObjectSummary>, Pkcs11Error> {
-    let (_module, session) = access.session()?;
+    let module = Module::get(&access.module)?;
+    let _calls = module.enter();
+    let session = access.session(&module)?;
     let mut out = Vec::new();
     for (class, name) in [
         (ObjectClass::PRIVATE_KEY, "private key"),
@@ -203,22 +208,26 @@ pub fn list(access: &TokenAccess) -> Result<Vec<ObjectSummary>, Pkcs11Error> {
             .find_objects(&[Attribute::Class(class)])
             .map_err(|e| Pkcs11Error::device("listing objects", e))?;
         for handle in handles {
-            let attrs = session
-                .get_attributes(
-                    handle,
-                    &[
-                        AttributeType::Label,
-                        AttributeType::Id,
-                        AttributeType::KeyType,
-                        AttributeType::Modulus,
-                        AttributeType::EcParams,
-                        AttributeType::Sign,
-                        AttributeType::Decrypt,
-                        AttributeType::Sensitive,
-                        AttributeType::Extractable,
-                    ],
-                )
-                .map_err(|e| Pkcs11Error::device("reading object attributes", e))?;
+            let attrs = match session.get_attributes(
+                handle,
+                &[
+                    AttributeType::Label,
+                    AttributeType::Id,
+                    AttributeType::KeyType,
+                    AttributeType::Modulus,
+                    AttributeType::EcParams,
+                    AttributeType::Sign,
+                    AttributeType::Decrypt,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            ) {
+                Ok(attrs) => attrs,
+                // Gone since it was found (deleted meanwhile, e.g. by another process):
+                // not on the token any more, so not listed.
+                Err(e) if rv(&e) == Some(RvError::ObjectHandleInvalid) => continue,
+                Err(e) => return Err(Pkcs11Error::device("reading object attributes", e)),
+            };
             let mut summary = ObjectSummary {
                 class: name,
                 label: String::new(),

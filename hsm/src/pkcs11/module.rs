@@ -93,8 +93,10 @@ impl Module {
         }
     }
 
-    /// Shared access for one operation (see `calls`).
-    pub(crate) fn enter(&self) -> RwLockReadGuard<'_, ()> {
+    /// Shared access for one operation (see `calls`). Whoever opens a session of its own
+    /// on [`Module::context`] holds this while using it: a restart by another thread
+    /// would close the session, and void its object handles, mid-use.
+    pub fn enter(&self) -> RwLockReadGuard<'_, ()> {
         self.calls.read().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use scep_hsm::pkcs11::admin::{keygen, KeySpec, TokenAccess};
 use scep_hsm::pkcs11::module::TokenSelector;
@@ -102,8 +102,20 @@ pub fn config(token: &str, label: &str) -> Pkcs11KeyConfig {
     Pkcs11KeyConfig::new(MODULE.into(), token, label, PIN_ENV)
 }
 
+/// Held by a test while it creates objects on the token or looks objects up (opening a
+/// key, listing): SoftHSM2's file object store is not safe when one thread of a process
+/// creates an object while another creates or reads objects (softhsm/SoftHSMv2#573:
+/// CKR_GENERAL_ERROR from C_GenerateKeyPair, half-written objects read back). The
+/// gateway never creates objects while it runs; the tests of one process do, in
+/// parallel. Operations on a key already open need no lock.
+pub fn object_store() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Generates a key with the project's keygen and opens it.
 pub fn new_key(spec: KeySpec, purpose: Purpose) -> Pkcs11Key {
+    let _objects = object_store();
     let (label, id) = unique("k");
     keygen(&access(TOKEN), &label, &id, spec).unwrap();
     Pkcs11Key::open(&config(TOKEN, &label), purpose).unwrap()
