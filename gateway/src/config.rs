@@ -389,6 +389,13 @@ pub struct StoreConfig {
     /// `url_env` then say only how to talk to it (user, password, database); its host
     /// and port are not used.
     pub sentinel: Option<SentinelConfig>,
+    /// Redis: replicas that must have each write (a claim, a record, an issued
+    /// certificate, a revocation, a spent one-time password) before it counts (`WAIT`).
+    /// Redis replicates asynchronously: without this a failover can lose a claim, and a
+    /// retry during it could get a second certificate. A claim fewer replicas
+    /// acknowledged within half of `command_timeout_ms` gets HTTP 503 (nothing issued).
+    /// 0 (the default): the master's acknowledgement is enough.
+    pub replica_acks: u32,
 }
 
 /// `[store.sentinel]`: the sentinels that name the Redis master, and what they call it.
@@ -444,6 +451,7 @@ impl Default for StoreConfig {
             key_prefix: "scep:".into(),
             command_timeout_ms: 1000,
             sentinel: None,
+            replica_acks: 0,
         }
     }
 }
@@ -730,6 +738,9 @@ impl FileConfig {
             if store.sentinel.is_some() {
                 return invalid("store.sentinel", "is for the redis backend only");
             }
+            if store.replica_acks > 0 {
+                return invalid("store.replica_acks", "is for the redis backend only");
+            }
             return Ok(());
         }
         if let Some(sentinel) = &store.sentinel {
@@ -760,6 +771,18 @@ impl FileConfig {
         if store.command_timeout_ms == 0 {
             return invalid("store.command_timeout_ms", "must be at least 1");
         }
+        if store.replica_acks > MAX_REPLICA_ACKS {
+            return invalid(
+                "store.replica_acks",
+                "is more replicas than a Redis master has (at most 16)",
+            );
+        }
+        if store.replica_acks > 0 && store.command_timeout_ms < 2 {
+            return invalid(
+                "store.command_timeout_ms",
+                "must be at least 2 with store.replica_acks (replicas get half of it)",
+            );
+        }
         // The last 2 × command_timeout of a claim is kept for recording its outcome: a
         // CA must answer before (`ca::AnswerBy`). A lease no longer than that leaves the
         // CA no time at all.
@@ -775,6 +798,10 @@ impl FileConfig {
         Ok(())
     }
 }
+
+/// A bound on `store.replica_acks` that catches a typo (a timeout in the wrong field),
+/// well above any real replica count.
+const MAX_REPLICA_ACKS: u32 = 16;
 
 /// `[store.sentinel]`: a master name and at least one `host:port`.
 fn check_sentinel(sentinel: &SentinelConfig) -> Result<(), ConfigError> {
@@ -898,6 +925,7 @@ max_transactions = 50000
 # tls_ca_file = "redis-ca.pem"        # rediss:// with a private CA
 # key_prefix = "scep:"
 # command_timeout_ms = 1000
+# replica_acks = 1                    # each write counts once a replica has it (WAIT)
 # Redis Sentinel: the master is the one the sentinels name; url/url_env then give only
 # its user, password and database (e.g. redis://:PASSWORD@sentinel/0, host not used).
 # [store.sentinel]
@@ -1008,6 +1036,40 @@ mod tests {
         let tls = format!("{good}tls = true\n");
         let c = sentinel("backend = \"redis\"\ntls_ca_file = \"ca.pem\"", &tls).unwrap();
         assert!(c.store.sentinel.unwrap().tls);
+    }
+
+    #[test]
+    fn replica_acks_are_for_redis_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |store: &str| {
+            let text = example("c.txt")
+                .replace("backend = \"memory\"", store)
+                .replace(
+                    "# url = \"redis://127.0.0.1:6379/0\"",
+                    "url = \"redis://redis.internal/0\"",
+                );
+            FileConfig::load(&write(dir.path(), &text)).map_err(|e| e.to_string())
+        };
+        assert_eq!(load("backend = \"redis\"").unwrap().store.replica_acks, 0);
+        let c = load("backend = \"redis\"\nreplica_acks = 2").unwrap();
+        assert_eq!(c.store.replica_acks, 2);
+        for (store, setting) in [
+            (
+                "backend = \"memory\"\nreplica_acks = 1",
+                "store.replica_acks",
+            ),
+            (
+                "backend = \"redis\"\nreplica_acks = 1000",
+                "store.replica_acks",
+            ),
+            (
+                "backend = \"redis\"\nreplica_acks = 1\ncommand_timeout_ms = 1",
+                "store.command_timeout_ms",
+            ),
+        ] {
+            let err = load(store).unwrap_err();
+            assert!(err.contains(setting), "{store}: {err}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const STORE_CLAIMS: &str = "scep_store_claims_total";
 pub const STORE_RETRIES: &str = "scep_store_retries_answered_total";
 pub const STORE_EVICTED: &str = "scep_store_evicted_total";
 pub const STORE_MASTER_CHANGES: &str = "scep_store_master_changes_total";
+pub const STORE_UNREPLICATED: &str = "scep_store_unreplicated_writes_total";
 pub const CERT_EXPIRY: &str = "scep_cert_expiry_seconds";
 pub const LEGACY_CRYPTO: &str = "scep_legacy_crypto_total";
 pub const BUILD_INFO: &str = "scep_build_info";
@@ -131,6 +132,10 @@ fn describe() {
     describe_counter!(
         STORE_MASTER_CHANGES,
         "Redis store moved to another node: the master Sentinel names changed (sentinel), or a fixed endpoint answered READONLY and was connected again (readonly)"
+    );
+    describe_counter!(
+        STORE_UNREPLICATED,
+        "Redis writes that fewer replicas than store.replica_acks acknowledged in time (the request gets HTTP 503 for a claim; see README)"
     );
     describe_gauge!(
         CERT_EXPIRY,
@@ -293,6 +298,11 @@ pub fn store_evicted(n: usize) {
 /// The Redis store moved to another node (`reason`: sentinel, readonly).
 pub fn store_master_changed(reason: &'static str) {
     counter!(STORE_MASTER_CHANGES, "reason" => reason).increment(1);
+}
+
+/// A Redis write (`op`) acknowledged by fewer replicas than `store.replica_acks`.
+pub fn store_unreplicated(op: &'static str) {
+    counter!(STORE_UNREPLICATED, "op" => op).increment(1);
 }
 
 // --- Certificates --------------------------------------------------------------------

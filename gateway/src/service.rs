@@ -423,6 +423,7 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> 
                 command_timeout: Duration::from_millis(config.command_timeout_ms),
                 ttl,
                 sentinel,
+                replica_acks: config.replica_acks,
             })
             .map_err(|e| ConfigError::Invalid {
                 setting: "store.url",

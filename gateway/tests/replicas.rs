@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, SentinelGroup, SENTINEL_MASTER};
+use common::redis::{RedisServer, ReplicatedPair, SentinelGroup, SENTINEL_MASTER};
 use common::{get, post, Gateway, Options, Pki};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
@@ -281,6 +281,7 @@ fn a_claim_held_by_a_killed_replica_lapses_and_the_retry_completes() {
             command_timeout: Duration::from_secs(2),
             ttl: Duration::from_secs(60),
             sentinel: None,
+            replica_acks: 0,
         })
         .unwrap();
         let claim = store
@@ -595,4 +596,59 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
             1.0
         );
     }
+}
+
+/// `store.replica_acks = 1`: while the replica hangs, a PKCSReq gets HTTP 503 in time
+/// (its claim was not acknowledged: nothing is issued) and the metric counts it; the
+/// same request, once the replica is back, enrolls.
+#[test]
+fn a_replica_that_misses_a_claim_makes_the_request_unavailable_until_it_is_back() {
+    let pair = ReplicatedPair::start();
+    let pki = Pki::init(&Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        append: vec![
+            format!("url = \"{}\"", pair.master.url()),
+            "command_timeout_ms = 1000".into(),
+            "replica_acks = 1".into(),
+        ],
+        ..Options::default()
+    });
+    let mut replica = pki.serve();
+    let answer = get(replica.addr, "/scep?operation=GetCACert");
+    let certs = client::ca_certificates(&answer.body).unwrap();
+    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
+    wait_ready(replica.addr, 200, Duration::from_secs(10));
+    Device::new("replicated").enrolls(replica.addr, &ra);
+
+    pair.replica.pause();
+    let device = Device::new("while-the-replica-hangs");
+    let (spec, message) = device.pkcsreq(&ra);
+    let started = Instant::now();
+    let response = post(replica.addr, "/scep?operation=PKIOperation", &message);
+    assert_eq!(
+        response.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = common::scrape(replica.addr);
+    assert_eq!(
+        common::must(
+            &text,
+            "scep_store_unreplicated_writes_total",
+            &[("op", "claim")]
+        ),
+        1.0
+    );
+
+    pair.replica.resume();
+    pair.wait_in_sync();
+    let reply = device.exchange(replica.addr, &spec, &message);
+    assert_success(&reply);
+    replica.assert_healthy();
 }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, SentinelGroup, SENTINEL_MASTER};
+use common::redis::{RedisServer, ReplicatedPair, SentinelGroup, SENTINEL_MASTER};
 use scep_gateway::error::Error;
 use scep_gateway::scep::message::TransactionId;
 use scep_gateway::store::memory::MemoryStore;
@@ -31,11 +31,28 @@ fn redis_store(server: &RedisServer, timeout: Duration) -> RedisStore {
         command_timeout: timeout,
         ttl: Duration::from_secs(60),
         sentinel: None,
+        replica_acks: 0,
     })
     .unwrap()
 }
 
-/// Generates `memory`, `redis` and `redis_blocking` tests running `$body(store)`.
+/// A store on the master of `pair` whose writes wait for its replica
+/// (`store.replica_acks = 1`).
+fn replicated_store(pair: &ReplicatedPair, timeout: Duration) -> RedisStore {
+    RedisStore::connect(RedisSettings {
+        url: pair.master.url(),
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: timeout,
+        ttl: Duration::from_secs(60),
+        sentinel: None,
+        replica_acks: 1,
+    })
+    .unwrap()
+}
+
+/// Generates `memory`, `redis` and `redis_blocking` tests running `$body(store)`, and
+/// the two Redis ones again with writes that wait for a replica (`replica_acks`).
 macro_rules! both_stores {
     ($name:ident) => {
         mod $name {
@@ -62,6 +79,24 @@ macro_rules! both_stores {
                 let store: Arc<dyn Store> = Arc::new(redis_store(&server, Duration::from_secs(2)));
                 on_blocking_thread(super::$name(store)).await;
                 drop(server);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_replicated() {
+                let pair = ReplicatedPair::start();
+                let store: Arc<dyn Store> =
+                    Arc::new(replicated_store(&pair, Duration::from_secs(2)));
+                super::$name(store).await;
+                assert!(pair.waits() > 0, "no write waited for the replica");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_replicated_blocking() {
+                let pair = ReplicatedPair::start();
+                let store: Arc<dyn Store> =
+                    Arc::new(replicated_store(&pair, Duration::from_secs(2)));
+                on_blocking_thread(super::$name(store)).await;
+                assert!(pair.waits() > 0, "no write waited for the replica");
             }
         }
     };
@@ -194,13 +229,15 @@ async fn a_resubmission_lock_is_a_claim_beside_the_record(store: Arc<dyn Store>)
 both_stores!(a_lapsed_lease_can_be_won_again);
 async fn a_lapsed_lease_can_be_won_again(store: Arc<dyn Store>) {
     let k = key("t5", b"key-a");
-    let short = Duration::from_millis(200);
+    // Long enough for two calls on a loaded machine (a replicated store waits for
+    // its replica on each).
+    let short = Duration::from_millis(600);
     assert_eq!(store.claim(&k, short).await.unwrap(), Claim::Won);
     assert_eq!(
         store.claim(&key("t5", b"key-a"), short).await.unwrap(),
         Claim::Existing(Record::InProgress)
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     // The replica that held it is presumed dead: the retry proceeds.
     assert_eq!(store.get(&k).await.unwrap(), None);
     let retry = key("t5", b"key-a");
@@ -506,6 +543,7 @@ async fn redis_over_tls_with_a_password() {
             command_timeout: Duration::from_secs(2),
             ttl: Duration::from_secs(60),
             sentinel: None,
+            replica_acks: 0,
         })
         .unwrap()
     };
@@ -542,6 +580,7 @@ async fn the_redis_password_is_never_shown() {
         command_timeout: Duration::from_millis(200),
         ttl: Duration::from_secs(60),
         sentinel: None,
+        replica_acks: 0,
     })
     .unwrap();
     let error = store.health().await.unwrap_err().to_string();
@@ -664,6 +703,7 @@ fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -
             recheck,
             tls: group.ca_pem().is_some(),
         }),
+        replica_acks: 0,
     })
     .unwrap()
 }
@@ -853,4 +893,91 @@ async fn a_fixed_endpoint_answering_readonly_is_unavailable_then_recovers() {
         store.claim(&key("ro-2", b"k"), LEASE).await.unwrap(),
         Claim::Won
     );
+}
+
+/// `store.replica_acks`: a write counts once the replica has it, so a failover that
+/// promotes the replica cannot lose a claim (and give a retry a second certificate).
+/// Without the replica a claim is refused (503, nothing to issue) and released; with it
+/// back the store serves again. On both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_the_replica_and_a_claim_it_missed_is_refused() {
+    writes_wait_for_the_replica(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_the_replica_on_the_blocking_path() {
+    writes_wait_for_the_replica(true).await;
+}
+
+async fn writes_wait_for_the_replica(blocking: bool) {
+    let pair = Arc::new(ReplicatedPair::start());
+    let store = Arc::new(replicated_store(&pair, Duration::from_millis(600)));
+    let body = {
+        let pair = pair.clone();
+        async move {
+            let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
+            let first = key("replicated", b"key-a");
+            // Claim and issued record, each overlapped as a PKIOperation sends them.
+            let claim = store.start_claim(&first, LEASE).await.unwrap();
+            assert_eq!(claim.await.unwrap(), Claim::Won);
+            // Answered means on the replica: read there at once, no waiting.
+            assert!(pair.on_replica("test:tx:n:replicated").is_some());
+            let recorded = store
+                .start_issued(&first, b"issuer", &[9], cert.clone())
+                .await
+                .unwrap();
+            recorded.await.unwrap();
+            let on_replica = pair.on_replica("test:tx:n:replicated").unwrap();
+            assert_eq!(on_replica, pair.on_master("test:tx:n:replicated").unwrap());
+            assert_eq!(
+                store
+                    .claim(&key("replicated", b"key-a"), LEASE)
+                    .await
+                    .unwrap(),
+                Claim::Existing(Record::Issued {
+                    certificate: cert.clone()
+                })
+            );
+
+            // The replica hangs: the master takes the claim, but it is not safe.
+            pair.replica.pause();
+            let lost = key("unreplicated", b"key-b");
+            let started = Instant::now();
+            let refused = match store.start_claim(&lost, LEASE).await {
+                Some(claim) => claim.await,
+                None => store.claim(&lost, LEASE).await,
+            };
+            let elapsed = started.elapsed();
+            match refused {
+                Err(Error::Unavailable(why)) => {
+                    assert!(why.contains("acknowledged by 0 of the 1 replicas"), "{why}")
+                }
+                other => panic!("a claim the replica missed was used: {other:?}"),
+            }
+            assert!(elapsed < Duration::from_millis(1200), "{elapsed:?}");
+            // ... and released, so that the client's retry need not wait out the lease.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pair.on_master("test:tx:n:unreplicated").is_some() {
+                assert!(Instant::now() < deadline, "the refused claim was kept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // A record that cannot be made safe is reported, not silently kept as safe.
+            assert!(matches!(
+                store.finish(&lost, Record::Pending).await,
+                Err(Error::Unavailable(_))
+            ));
+
+            pair.replica.resume();
+            pair.wait_in_sync();
+            let after = key("after", b"key-c");
+            assert_eq!(store.claim(&after, LEASE).await.unwrap(), Claim::Won);
+            assert!(pair.on_replica("test:tx:n:after").is_some());
+        }
+    };
+    if blocking {
+        on_blocking_thread(body).await;
+    } else {
+        body.await;
+    }
+    assert!(pair.waits() >= 4, "{}", pair.waits());
 }

@@ -148,6 +148,7 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
                     command_timeout: Duration::from_secs(2),
                     ttl: Duration::from_secs(600),
                     sentinel: None,
+                    replica_acks: 0,
                 },
             )?;
             let gateway = scep_bench::gateway_with_store(pki, std::sync::Arc::new(store))?;

@@ -35,6 +35,11 @@ pub fn master_changed(reason: &'static str) {
     metrics::store_master_changed(reason);
 }
 
+/// A Redis write that fewer replicas acknowledged than `store.replica_acks` asks for.
+pub fn unreplicated(op: &'static str) {
+    metrics::store_unreplicated(op);
+}
+
 /// Finished transactions dropped from a full in-process store before their TTL.
 pub fn evicted(n: usize) {
     metrics::store_evicted(n);

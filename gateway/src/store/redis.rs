@@ -32,6 +32,14 @@
 //! through failovers — is [`super::master`]'s job; a command that failed the way a
 //! failover makes commands fail is sent once more to the node it finds.
 //!
+//! Redis replicates asynchronously: a write the master acknowledged can be lost when a
+//! replica is promoted before it arrived, and a lost claim is how a retry during a
+//! failover could get a second certificate. With `replica_acks = N` every write that
+//! matters (claim, records, certificates, revocations, spent one-time passwords) is
+//! followed in the same pipeline by `WAIT N timeout`
+//! (<https://redis.io/docs/latest/commands/wait/>), and a claim fewer than N replicas
+//! acknowledged is given up (HTTP 503, nothing issued): see [`ReplicaAcks`].
+//!
 //! The blocking path exists for CPU, not latency: from a blocking-pool thread a round trip
 //! through the async connection wakes four or five threads (bench/README.md, "Redis store").
 //!
@@ -114,6 +122,39 @@ pub struct RedisSettings {
     /// Find the master through Redis Sentinel; `url` then gives only how to talk to it
     /// (user, password, database), not where it is.
     pub sentinel: Option<SentinelSettings>,
+    /// Replicas that must acknowledge each write before it counts (`WAIT`); 0: none,
+    /// the master's acknowledgement is enough.
+    pub replica_acks: u32,
+}
+
+/// `WAIT replicas timeout` after each write that matters: the write counts once that
+/// many replicas have it, so a failover promoting one of them cannot lose it.
+///
+/// Redis documents the limit: "WAIT does not make Redis a strongly consistent store"
+/// (a write acknowledged by the replicas can still be lost if the failover promotes
+/// another replica, e.g. one that was partitioned). Sentinel promotes the replica with
+/// the most replicated data, so with `replicas` equal to the number of replicas the
+/// window closes for the failovers Sentinel drives.
+#[derive(Debug, Clone, Copy)]
+struct ReplicaAcks {
+    replicas: u32,
+    /// Half the command timeout: WAIT answers (with a count) before the call's own
+    /// deadline, so that a missing replica is named as such, not as a timeout.
+    timeout_ms: u64,
+}
+
+impl ReplicaAcks {
+    fn new(replicas: u32, command_timeout: Duration) -> Option<Self> {
+        (replicas > 0).then(|| ReplicaAcks {
+            replicas,
+            timeout_ms: millis(command_timeout / 2),
+        })
+    }
+
+    /// `pipe` with the `WAIT` appended (its reply is the last).
+    fn append_to(self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("WAIT").arg(self.replicas).arg(self.timeout_ms);
+    }
 }
 
 /// Where the sentinels are and what they call the master.
@@ -147,6 +188,7 @@ impl std::fmt::Debug for RedisSettings {
                 "sentinel",
                 &self.sentinel.as_ref().map(|s| (&s.master, &s.nodes)),
             )
+            .field("replica_acks", &self.replica_acks)
             .finish()
     }
 }
@@ -163,6 +205,8 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     ttl: Duration,
+    /// `WAIT` after each write that matters, if configured.
+    acks: Option<ReplicaAcks>,
     /// Shared with the tasks that release an unread claim ([`RedisStore::release_if_won`]).
     release: Arc<redis::Script>,
     put_otp: redis::Script,
@@ -245,6 +289,7 @@ impl RedisStore {
             prefix: settings.key_prefix,
             timeout: settings.command_timeout,
             ttl: settings.ttl,
+            acks: ReplicaAcks::new(settings.replica_acks, settings.command_timeout),
             release: Arc::new(redis::Script::new(RELEASE)),
             put_otp: redis::Script::new(PUT_OTP),
         })
@@ -325,7 +370,48 @@ impl RedisStore {
         result
     }
 
-    fn unavailable(&self, op: &str, failure: Failure) -> Error {
+    /// A write that matters (see [`ReplicaAcks`]): `command`, with the `WAIT` if
+    /// configured; the answer is the write's own.
+    async fn call_write<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        command: Command<'_>,
+    ) -> Result<T> {
+        let value: redis::Value = self.call(op, self.with_wait(command)).await?;
+        answer_of(value, self.acks).map_err(|e| self.unavailable(op, e))
+    }
+
+    /// `command` followed by `WAIT` in one pipeline, when replica acknowledgements are
+    /// configured. Scripts are sent as they are: the two there are (a claim's release,
+    /// a new one-time password) lose nothing that matters when lost at a failover (the
+    /// claim lapses with its lease; the requester asks for another password).
+    fn with_wait<'c>(&self, command: Command<'c>) -> Command<'c> {
+        let Some(acks) = self.acks else {
+            return command;
+        };
+        let mut pipe = match command {
+            Command::Cmd(cmd) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd);
+                pipe
+            }
+            Command::Pipe(pipe) => pipe,
+            Command::Script(script) => return Command::Script(script),
+        };
+        acks.append_to(&mut pipe);
+        Command::Pipe(pipe)
+    }
+
+    fn unavailable(&self, op: &'static str, failure: Failure) -> Error {
+        if let Failure::Unreplicated { acked, wanted } = failure {
+            observe::unreplicated(op);
+            tracing::warn!(
+                op,
+                acked,
+                wanted,
+                "a redis write reached fewer replicas than store.replica_acks asks"
+            );
+        }
         Error::Unavailable(match failure {
             Failure::Timeout => format!(
                 "redis store {}: {op}: no answer within {} ms",
@@ -335,6 +421,10 @@ impl RedisStore {
             Failure::Redis(e) => format!("redis store {}: {op}: {e}", self.endpoint),
             Failure::NoMaster => format!(
                 "redis store {}: {op}: the sentinels name no master",
+                self.endpoint
+            ),
+            Failure::Unreplicated { acked, wanted } => format!(
+                "redis store {}: {op}: acknowledged by {acked} of the {wanted} replicas store.replica_acks asks for",
                 self.endpoint
             ),
         })
@@ -347,15 +437,19 @@ impl RedisStore {
         run_async(&self.master, self.timeout, command).await
     }
 
-    /// [`RedisStore::call_async`] as a future that owns what it needs, to be
-    /// [`Overlapped`] (its metric and error are the caller's).
-    fn call_owned<T: redis::FromRedisValue + Send + 'static>(
+    /// A write ([`RedisStore::call_write`]) on the async connection as a future that
+    /// owns what it needs, to be [`Overlapped`] (its metric and error are the caller's).
+    fn write_owned<T: redis::FromRedisValue + Send + 'static>(
         &self,
         command: Command<'static>,
     ) -> BoxFuture<'static, std::result::Result<T, Failure>> {
         let master = self.master.clone();
-        let timeout = self.timeout;
-        Box::pin(async move { run_async(&master, timeout, &command).await })
+        let (timeout, acks) = (self.timeout, self.acks);
+        let command = self.with_wait(command);
+        Box::pin(async move {
+            let value = run_async::<redis::Value>(&master, timeout, &command).await?;
+            answer_of(value, acks)
+        })
     }
 
     /// A claim's answer nobody awaited: a claim it may have won (`redis_key` holding
@@ -448,7 +542,8 @@ impl RedisStore {
         pipe
     }
 
-    /// Writes `command` on a blocking connection without reading its `replies`; `None`
+    /// Writes `command` (a write: with the `WAIT` if configured) on a blocking connection
+    /// without reading its `replies` (those of `command` itself); `None`
     /// off a [`super::blocking_scope`] thread or when it cannot be sent (the caller then
     /// makes the ordinary call, with its retry).
     fn send(
@@ -462,6 +557,8 @@ impl RedisStore {
         }
         let started = Instant::now();
         let deadline = started + self.timeout;
+        let command = self.with_wait(command);
+        let replies = replies + usize::from(self.acks.is_some());
         let packed = match &command {
             Command::Cmd(c) => c.get_packed_command(),
             Command::Pipe(p) => p.get_packed_pipeline(),
@@ -480,6 +577,7 @@ impl RedisStore {
             op,
             command,
             replies,
+            acks: self.acks,
             connection: Some(connection),
             generation: node.generation,
             abandon: None,
@@ -689,6 +787,39 @@ enum Failure {
     Redis(RedisError),
     /// The sentinels have named no master (yet).
     NoMaster,
+    /// `WAIT` counted fewer replicas than [`ReplicaAcks`] asks for.
+    Unreplicated {
+        acked: i64,
+        wanted: u32,
+    },
+}
+
+/// The answer of a write out of what the connection returned: with [`ReplicaAcks`],
+/// `value` holds the pipeline's replies, the last one `WAIT`'s count and the one before
+/// it the write's own (`Nil` for a pipeline of ignored writes).
+fn answer_of<T: redis::FromRedisValue>(
+    value: redis::Value,
+    acks: Option<ReplicaAcks>,
+) -> std::result::Result<T, Failure> {
+    let parsing = |e: redis::ParsingError| Failure::Redis(e.into());
+    let value = match acks {
+        None => value,
+        Some(acks) => {
+            let mut replies: Vec<redis::Value> = redis::from_redis_value(value).map_err(parsing)?;
+            let acked: i64 = match replies.pop() {
+                Some(count) => redis::from_redis_value(count).map_err(parsing)?,
+                None => 0,
+            };
+            if acked < i64::from(acks.replicas) {
+                return Err(Failure::Unreplicated {
+                    acked,
+                    wanted: acks.replicas,
+                });
+            }
+            replies.pop().unwrap_or(redis::Value::Nil)
+        }
+    };
+    redis::from_redis_value(value).map_err(parsing)
 }
 
 /// A socket timeout of a blocking connection is a [`Failure::Timeout`].
@@ -755,8 +886,10 @@ struct Sent<'a> {
     /// Kept to send again after a failed read. Everything sent this way may be repeated:
     /// SETs, and a claim (which then reads our own InProgress record: won).
     command: Command<'static>,
-    /// Replies to read: the commands of a pipeline; the last one is the answer.
+    /// Replies to read: the commands of a pipeline; the last one is the answer, or,
+    /// with `acks`, `WAIT`'s count after it.
     replies: usize,
+    acks: Option<ReplicaAcks>,
     /// `None` once read.
     connection: Option<redis::Connection>,
     /// Of the node `connection` reaches.
@@ -778,25 +911,32 @@ impl Sent<'_> {
     /// set when it was sent has passed.
     fn finish<T: redis::FromRedisValue>(&mut self) -> Result<T> {
         let reading = Instant::now();
-        let result = match self.read_last() {
-            Ok(value) => redis::from_redis_value(value).map_err(|e| Failure::Redis(e.into())),
+        let result = match self.read_answer() {
+            Ok(value) => answer_of(value, self.acks),
             Err(Failure::Timeout) => Err(Failure::Timeout),
-            Err(Failure::Redis(_) | Failure::NoMaster) => self.store.call_blocking(&self.command),
+            Err(Failure::Redis(_) | Failure::NoMaster | Failure::Unreplicated { .. }) => self
+                .store
+                .call_blocking::<redis::Value>(&self.command)
+                .and_then(|value| answer_of(value, self.acks)),
         };
         let waited = self.sending + reading.elapsed();
         observe::command("redis", self.op, waited, result.is_ok());
         result.map_err(|e| self.store.unavailable(self.op, e))
     }
 
-    /// Reads every reply and returns the last; the connection goes back to the pool
-    /// after clean replies only. After a failed read, a claim's release is written on
-    /// the connection before it is dropped (see `abandon`).
-    fn read_last(&mut self) -> std::result::Result<redis::Value, Failure> {
+    /// Reads every reply and returns the last, or with `acks` all of them (for
+    /// [`answer_of`]); the connection goes back to the pool after clean replies only.
+    /// After a failed read, a claim's release is written on the connection before it is
+    /// dropped (see `abandon`).
+    fn read_answer(&mut self) -> std::result::Result<redis::Value, Failure> {
         let mut connection = self.connection.take().ok_or(Failure::Timeout)?;
         match read_replies(&mut connection, self.replies, self.deadline) {
-            Ok(last) => {
+            Ok(mut replies) => {
                 self.store.return_connection(self.generation, connection);
-                Ok(last)
+                Ok(match self.acks {
+                    Some(_) => redis::Value::Array(replies),
+                    None => replies.pop().unwrap_or(redis::Value::Nil),
+                })
             }
             Err(failure) => {
                 if let Some((redis_key, ours)) = self.abandon.take() {
@@ -810,25 +950,27 @@ impl Sent<'_> {
     }
 }
 
-/// Reads `replies` replies within `deadline`; the last one is the answer.
+/// Reads `replies` replies within `deadline`.
 fn read_replies(
     connection: &mut redis::Connection,
     replies: usize,
     deadline: Instant,
-) -> std::result::Result<redis::Value, Failure> {
+) -> std::result::Result<Vec<redis::Value>, Failure> {
     connection
         .set_read_timeout(Some(remaining(deadline)?))
         .map_err(Failure::from)?;
-    let mut last = redis::Value::Nil;
+    let mut read = Vec::with_capacity(replies);
     for _ in 0..replies {
         // A server error (`-READONLY` after a failover) is a failed read: the caller
         // sends the command again, on the node the master moved to.
-        last = connection
-            .recv_response()
-            .and_then(redis::Value::extract_error)
-            .map_err(Failure::from)?;
+        read.push(
+            connection
+                .recv_response()
+                .and_then(redis::Value::extract_error)
+                .map_err(Failure::from)?,
+        );
     }
-    Ok(last)
+    Ok(read)
 }
 
 /// A claim sent on a blocking connection ([`RedisStore::send_claim`]).
@@ -859,15 +1001,19 @@ impl Drop for RedisClaim<'_> {
             return;
         }
         let store = self.sent.store;
-        let answer = self.sent.read_last();
+        let acks = self.sent.acks;
+        let answer = self
+            .sent
+            .read_answer()
+            .and_then(|value| answer_of::<Option<Vec<u8>>>(value, acks));
         // Unread: its release went out on its connection (`Sent::abandon`).
         let Some((redis_key, ours)) = self.sent.abandon.take() else {
             return;
         };
         let won = match answer {
-            Ok(redis::Value::Nil) => true,
-            Ok(redis::Value::BulkString(old)) => old == ours,
-            _ => false,
+            Ok(None) | Err(Failure::Unreplicated { .. }) => true,
+            Ok(Some(old)) => old == ours,
+            Err(_) => false,
         };
         if won {
             let release = release_command(&redis_key, &ours);
@@ -911,7 +1057,7 @@ impl Store for RedisStore {
                 return claim.finish();
             }
             let answer = self
-                .call("claim", Command::Cmd(self.claim_command(key, lease).2))
+                .call_write("claim", Command::Cmd(self.claim_command(key, lease).2))
                 .await;
             if answer.is_err() {
                 self.release_later(key);
@@ -937,7 +1083,7 @@ impl Store for RedisStore {
         }
         let (redis_key, ours, command) = self.claim_command(key, lease);
         let key = key.clone();
-        let call = self.call_owned::<Option<Vec<u8>>>(Command::Cmd(command));
+        let call = self.write_owned::<Option<Vec<u8>>>(Command::Cmd(command));
         let orphan = self.release_if_won(redis_key, ours);
         Box::pin(async move {
             let sent = Overlapped::send(call, Some(orphan)).await;
@@ -968,7 +1114,7 @@ impl Store for RedisStore {
                 Box::pin(async move { sent.finish() }) as InFlight<'a, ()>
             })));
         }
-        let call = self.call_owned::<()>(command);
+        let call = self.write_owned::<()>(command);
         Box::pin(async move {
             let sent = Overlapped::send(call, None).await;
             Some(Box::pin(async move {
@@ -986,7 +1132,7 @@ impl Store for RedisStore {
             let ttl = self.ttl_ms();
             let mut cmd = redis::cmd("SET");
             cmd.arg(&redis_key).arg(&value).arg("PX").arg(ttl);
-            self.call("finish", Command::Cmd(cmd)).await
+            self.call_write("finish", Command::Cmd(cmd)).await
         })
     }
 
@@ -1032,7 +1178,7 @@ impl Store for RedisStore {
             let ttl = self.ttl_ms();
             let mut cmd = redis::cmd("SET");
             cmd.arg(&redis_key).arg(&*certificate).arg("PX").arg(ttl);
-            self.call("put_certificate", Command::Cmd(cmd)).await
+            self.call_write("put_certificate", Command::Cmd(cmd)).await
         })
     }
 
@@ -1065,7 +1211,7 @@ impl Store for RedisStore {
             cmd.arg(self.revocations_key(issuer))
                 .arg(hex::encode(serial))
                 .arg(at);
-            self.call::<i64>("revoke", Command::Cmd(cmd))
+            self.call_write::<i64>("revoke", Command::Cmd(cmd))
                 .await
                 .map(drop)
         })
@@ -1099,7 +1245,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let pipe = self.issued_pipeline(key, issuer, serial, certificate);
-            self.call("issued", Command::Pipe(pipe)).await
+            self.call_write("issued", Command::Pipe(pipe)).await
         })
     }
 
@@ -1142,7 +1288,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let otp_key = self.otp_key(hash);
             let taken: Option<Vec<u8>> = self
-                .call(
+                .call_write(
                     "take_otp",
                     Command::Cmd(redis::cmd("GETDEL").arg(&otp_key).clone()),
                 )
@@ -1246,6 +1392,7 @@ mod tests {
             key_prefix: "scep:".into(),
             command_timeout: Duration::from_millis(100),
             ttl: Duration::from_secs(60),
+            replica_acks: 0,
             sentinel: Some(SentinelSettings {
                 master: "scep".into(),
                 nodes: vec!["10.0.0.1:26379".into()],
@@ -1281,6 +1428,7 @@ mod tests {
             command_timeout: Duration::from_millis(100),
             ttl: Duration::from_secs(60),
             sentinel: None,
+            replica_acks: 0,
         })
         .unwrap();
         let id = crate::scep::message::TransactionId::new("t".into()).unwrap();

@@ -452,3 +452,65 @@ fn connect(port: u16, password: Option<&str>) -> redis::Connection {
         .get_connection_with_timeout(Duration::from_secs(5))
         .unwrap()
 }
+
+/// A master and one replica, no sentinel: for writes that must reach a replica
+/// (`store.replica_acks`). The replica can be frozen to play a lagging or lost one.
+pub struct ReplicatedPair {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+}
+
+impl ReplicatedPair {
+    pub fn start() -> ReplicatedPair {
+        let master = RedisServer::start_with(vec![
+            // The replica's first full sync starts at once (the default waits 5 s for
+            // more replicas to share it).
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+        ]);
+        let replica = RedisServer::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ]);
+        let pair = ReplicatedPair { master, replica };
+        pair.wait_in_sync();
+        pair
+    }
+
+    /// Waits until the replica is online and has every write so far (`WAIT 1`).
+    pub fn wait_in_sync(&self) {
+        let mut master = connect(self.master.port, None);
+        let copies: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(15000)
+            .query(&mut master)
+            .unwrap();
+        assert_eq!(copies, 1, "the replica did not catch up");
+    }
+
+    /// `GET key` on the replica itself.
+    pub fn on_replica(&self, key: &str) -> Option<Vec<u8>> {
+        let mut replica = connect(self.replica.port, None);
+        redis::cmd("GET").arg(key).query(&mut replica).unwrap()
+    }
+
+    /// `GET key` on the master.
+    pub fn on_master(&self, key: &str) -> Option<Vec<u8>> {
+        let mut master = connect(self.master.port, None);
+        redis::cmd("GET").arg(key).query(&mut master).unwrap()
+    }
+
+    /// How many `WAIT`s the master has run (`INFO commandstats`).
+    pub fn waits(&self) -> u64 {
+        let mut master = connect(self.master.port, None);
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut master)
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
