@@ -157,13 +157,7 @@ impl Device {
 
     /// Sends a pkiMessage and reads the CertRep (HTTP 200 required).
     fn exchange(&self, addr: SocketAddr, spec: &MessageSpec, message: &[u8]) -> Reply {
-        let response = post(addr, "/scep?operation=PKIOperation", message);
-        assert_eq!(
-            response.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&response.body)
-        );
+        let response = pki_operation(addr, message, 200);
         self.requester
             .read_reply(&response.body, spec, false)
             .unwrap()
@@ -374,19 +368,7 @@ fn a_redis_outage_makes_replicas_unready_and_they_recover_without_restart() {
     let during = Device::new("during-outage");
     for i in 0..2 {
         let (_, message) = during.pkcsreq(&fleet.ra);
-        let started = Instant::now();
-        let response = post(fleet.addr(i), "/scep?operation=PKIOperation", &message);
-        assert_eq!(
-            response.status,
-            503,
-            "{}",
-            String::from_utf8_lossy(&response.body)
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert_unavailable(fleet.addr(i), &message, Duration::from_secs(5));
         // What needs no store still works.
         assert_eq!(get(fleet.addr(i), "/scep?operation=GetCACaps").status, 200);
         fleet.replicas[i].assert_healthy();
@@ -454,6 +436,22 @@ fn a_hung_redis_answers_in_time_and_stalls_no_other_request() {
         device.enrolls(addr, &fleet.ra);
     }
     fleet.replicas[0].assert_healthy();
+}
+
+/// POSTs `message` as a PKIOperation; the answer must have HTTP `status`.
+fn pki_operation(addr: SocketAddr, message: &[u8], status: u16) -> common::Response {
+    let response = post(addr, "/scep?operation=PKIOperation", message);
+    let body = String::from_utf8_lossy(&response.body).into_owned();
+    assert_eq!(response.status, status, "{body}");
+    response
+}
+
+/// POSTs `message` and expects HTTP 503 within `within`.
+fn assert_unavailable(addr: SocketAddr, message: &[u8], within: Duration) {
+    let started = Instant::now();
+    pki_operation(addr, message, 503);
+    let took = started.elapsed();
+    assert!(took < within, "took {took:?}");
 }
 
 /// `POST /admin/revoke` with the fleet's token (or `token`).
@@ -623,19 +621,7 @@ fn a_replica_that_misses_a_claim_makes_the_request_unavailable_until_it_is_back(
     pair.replica.pause();
     let device = Device::new("while-the-replica-hangs");
     let (spec, message) = device.pkcsreq(&ra);
-    let started = Instant::now();
-    let response = post(replica.addr, "/scep?operation=PKIOperation", &message);
-    assert_eq!(
-        response.status,
-        503,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_unavailable(replica.addr, &message, Duration::from_secs(3));
     let text = common::scrape(replica.addr);
     assert_eq!(
         common::must(

@@ -229,8 +229,7 @@ async fn a_resubmission_lock_is_a_claim_beside_the_record(store: Arc<dyn Store>)
 both_stores!(a_lapsed_lease_can_be_won_again);
 async fn a_lapsed_lease_can_be_won_again(store: Arc<dyn Store>) {
     let k = key("t5", b"key-a");
-    // Long enough for two calls on a loaded machine (a replicated store waits for
-    // its replica on each).
+    // Long enough for two calls on a loaded CI machine.
     let short = Duration::from_millis(600);
     assert_eq!(store.claim(&k, short).await.unwrap(), Claim::Won);
     assert_eq!(

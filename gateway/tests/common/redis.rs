@@ -337,13 +337,10 @@ impl SentinelGroup {
     /// Waits until the master's writes so far are on its replica (`WAIT 1`), so that a
     /// failover loses none of them.
     pub fn wait_replicated(&self) {
-        let mut master = connect(self.plain(self.master_port()), Some(&self.password));
-        let copies: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(15000)
-            .query(&mut master)
-            .unwrap();
-        assert_eq!(copies, 1, "the replica did not catch up");
+        wait_one_replica(connect(
+            self.plain(self.master_port()),
+            Some(&self.password),
+        ));
     }
 
     /// Promotes the replica (`SENTINEL FAILOVER`) and waits until the sentinel names it
@@ -442,6 +439,26 @@ impl SentinelGroup {
     }
 }
 
+/// A write, then `WAIT 1` on `master`: its writes so far are on its replica (15 s at
+/// most) and the replica acknowledges. (A `WAIT` with no write of its own returns as
+/// soon as a replica is online, possibly still loading what the master sent it; the
+/// first write after that can wait for the replica's periodic acknowledgement, up to a
+/// second.)
+fn wait_one_replica(mut master: redis::Connection) {
+    let copies: i64 = redis::pipe()
+        .cmd("SET")
+        .arg("harness:in-sync")
+        .arg(1)
+        .ignore()
+        .cmd("WAIT")
+        .arg(1)
+        .arg(15000)
+        .query::<(i64,)>(&mut master)
+        .unwrap()
+        .0;
+    assert_eq!(copies, 1, "the replica did not catch up");
+}
+
 fn connect(port: u16, password: Option<&str>) -> redis::Connection {
     let url = match password {
         Some(p) => format!("redis://:{p}@127.0.0.1:{port}/0"),
@@ -480,13 +497,7 @@ impl ReplicatedPair {
 
     /// Waits until the replica is online and has every write so far (`WAIT 1`).
     pub fn wait_in_sync(&self) {
-        let mut master = connect(self.master.port, None);
-        let copies: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(15000)
-            .query(&mut master)
-            .unwrap();
-        assert_eq!(copies, 1, "the replica did not catch up");
+        wait_one_replica(connect(self.master.port, None));
     }
 
     /// `GET key` on the replica itself.
