@@ -683,6 +683,16 @@ both_stores!(calls_started_early_answer_like_the_calls);
 /// The master the sentinel of `group` names, reached with the group's password (the
 /// URL's host is not used); over TLS, with the group's CA, when the group speaks it.
 fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -> RedisStore {
+    sentinel_store_with(group, timeout, recheck, 0)
+}
+
+/// [`sentinel_store`] whose writes wait for `replica_acks` replicas.
+fn sentinel_store_with(
+    group: &SentinelGroup,
+    timeout: Duration,
+    recheck: Duration,
+    replica_acks: u32,
+) -> RedisStore {
     let scheme = if group.ca_pem().is_some() {
         "rediss"
     } else {
@@ -702,7 +712,7 @@ fn sentinel_store(group: &SentinelGroup, timeout: Duration, recheck: Duration) -
             recheck,
             tls: group.ca_pem().is_some(),
         }),
-        replica_acks: 0,
+        replica_acks,
     })
     .unwrap()
 }
@@ -740,9 +750,20 @@ async fn a_store_behind_sentinel_rechecks_the_master() {
     follow_failovers(SentinelGroup::start, Duration::from_millis(200)).await;
 }
 
+/// With `replica_acks = 1`: after a failover the demoted master, replicating from the
+/// new one, acknowledges at once (a partial resync), so no write fails either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_sentinel_with_replica_acks_follows_failovers() {
+    follow_failovers_with(SentinelGroup::start, Duration::from_secs(600), 1).await;
+}
+
 async fn follow_failovers(start: fn() -> SentinelGroup, recheck: Duration) {
+    follow_failovers_with(start, recheck, 0).await;
+}
+
+async fn follow_failovers_with(start: fn() -> SentinelGroup, recheck: Duration, replica_acks: u32) {
     let group = start();
-    let store = sentinel_store(&group, Duration::from_secs(2), recheck);
+    let store = sentinel_store_with(&group, Duration::from_secs(2), recheck, replica_acks);
     let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
     let issued = Record::Issued {
         certificate: cert.clone(),
