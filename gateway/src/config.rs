@@ -774,7 +774,7 @@ impl FileConfig {
         if store.replica_acks > MAX_REPLICA_ACKS {
             return invalid(
                 "store.replica_acks",
-                "is more replicas than a Redis master has (at most 16)",
+                "must be at most 16 (more is a mistyped value)",
             );
         }
         if store.replica_acks > 0 && store.command_timeout_ms < 2 {

@@ -913,8 +913,8 @@ impl Sent<'_> {
         let reading = Instant::now();
         let result = match self.read_answer() {
             Ok(value) => answer_of(value, self.acks),
-            Err(Failure::Timeout) => Err(Failure::Timeout),
-            Err(Failure::Redis(_) | Failure::NoMaster | Failure::Unreplicated { .. }) => self
+            Err(failure @ (Failure::Timeout | Failure::Unreplicated { .. })) => Err(failure),
+            Err(Failure::Redis(_) | Failure::NoMaster) => self
                 .store
                 .call_blocking::<redis::Value>(&self.command)
                 .and_then(|value| answer_of(value, self.acks)),
