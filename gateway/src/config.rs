@@ -393,7 +393,8 @@ pub struct StoreConfig {
     /// certificate, a revocation, a spent one-time password) before it counts (`WAIT`).
     /// Redis replicates asynchronously: without this a failover can lose a claim, and a
     /// retry during it could get a second certificate. A claim fewer replicas
-    /// acknowledged within half of `command_timeout_ms` gets HTTP 503 (nothing issued).
+    /// acknowledged within half of `command_timeout_ms` gets HTTP 503 (nothing issued),
+    /// and readiness is false while they do not acknowledge.
     /// 0 (the default): the master's acknowledgement is enough.
     pub replica_acks: u32,
 }

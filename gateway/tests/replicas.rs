@@ -622,6 +622,9 @@ fn a_replica_that_misses_a_claim_makes_the_request_unavailable_until_it_is_back(
     let device = Device::new("while-the-replica-hangs");
     let (spec, message) = device.pkcsreq(&ra);
     assert_unavailable(replica.addr, &message, Duration::from_secs(3));
+    let unready = wait_ready(replica.addr, 503, Duration::from_secs(5));
+    let body = String::from_utf8_lossy(&unready.body).into_owned();
+    assert!(body.contains("replicas"), "{body}");
     let text = common::scrape(replica.addr);
     assert_eq!(
         common::must(
@@ -634,6 +637,7 @@ fn a_replica_that_misses_a_claim_makes_the_request_unavailable_until_it_is_back(
 
     pair.replica.resume();
     pair.wait_in_sync();
+    wait_ready(replica.addr, 200, Duration::from_secs(5));
     let reply = device.exchange(replica.addr, &spec, &message);
     assert_success(&reply);
     replica.assert_healthy();

@@ -986,9 +986,12 @@ async fn writes_wait_for_the_replica(blocking: bool) {
                 store.finish(&lost, Record::Pending).await,
                 Err(Error::Unavailable(_))
             ));
+            // A store that cannot enroll is not ready.
+            assert!(matches!(store.health().await, Err(Error::Unavailable(_))));
 
             pair.replica.resume();
             pair.wait_in_sync();
+            assert!(store.health().await.is_ok());
             let after = key("after", b"key-c");
             assert_eq!(store.claim(&after, LEASE).await.unwrap(), Claim::Won);
             assert!(pair.on_replica("test:tx:n:after").is_some());

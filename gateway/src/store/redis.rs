@@ -1334,9 +1334,15 @@ impl Store for RedisStore {
         record_bound(self.timeout)
     }
 
-    /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>).
+    /// `PING` within the timeout (<https://redis.io/docs/latest/commands/ping/>); with
+    /// [`ReplicaAcks`], followed by the same `WAIT` as a write: a store whose claims the
+    /// replicas cannot acknowledge cannot enroll, so the replica is not ready, as when
+    /// Redis is down.
     fn health(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.call("ping", Command::Cmd(redis::cmd("PING"))).await })
+        Box::pin(async move {
+            self.call_write("ping", Command::Cmd(redis::cmd("PING")))
+                .await
+        })
     }
 }
 
