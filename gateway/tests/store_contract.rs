@@ -1004,3 +1004,46 @@ async fn writes_wait_for_the_replica(blocking: bool) {
     }
     assert!(pair.waits() >= 4, "{}", pair.waits());
 }
+
+/// An ACL user without `WAIT` (or a Redis that refuses it): with `replica_acks` nothing
+/// is written as if it were safe: claims fail with Redis's own error, and the store is
+/// not ready, so the misconfiguration shows at the first readiness check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acks_without_the_right_to_wait_are_unavailable() {
+    let server = RedisServer::start();
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "nowait",
+            "on",
+            ">nowait-secret",
+            "~*",
+            "+@all",
+            "-wait",
+        ])
+        .query(&mut admin)
+        .unwrap();
+    let store = RedisStore::connect(RedisSettings {
+        url: format!("redis://nowait:nowait-secret@127.0.0.1:{}/0", server.port),
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: Duration::from_secs(2),
+        ttl: Duration::from_secs(60),
+        sentinel: None,
+        replica_acks: 1,
+    })
+    .unwrap();
+    match store.health().await {
+        Err(Error::Unavailable(why)) => {
+            assert!(why.to_lowercase().contains("wait"), "{why}");
+            assert!(!why.contains("nowait-secret"), "{why}");
+        }
+        other => panic!("ready without the right to WAIT: {other:?}"),
+    }
+    let refused = store.claim(&key("no-wait", b"key-a"), LEASE).await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+}
