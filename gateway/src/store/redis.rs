@@ -930,13 +930,11 @@ impl Sent<'_> {
     /// dropped (see `abandon`).
     fn read_answer(&mut self) -> std::result::Result<redis::Value, Failure> {
         let mut connection = self.connection.take().ok_or(Failure::Timeout)?;
-        match read_replies(&mut connection, self.replies, self.deadline) {
-            Ok(mut replies) => {
+        let keep_all = self.acks.is_some();
+        match read_replies(&mut connection, self.replies, keep_all, self.deadline) {
+            Ok(answer) => {
                 self.store.return_connection(self.generation, connection);
-                Ok(match self.acks {
-                    Some(_) => redis::Value::Array(replies),
-                    None => replies.pop().unwrap_or(redis::Value::Nil),
-                })
+                Ok(answer)
             }
             Err(failure) => {
                 if let Some((redis_key, ours)) = self.abandon.take() {
@@ -950,27 +948,37 @@ impl Sent<'_> {
     }
 }
 
-/// Reads `replies` replies within `deadline`.
+/// Reads `replies` replies within `deadline`: the last one, or all of them as an array
+/// (`keep_all`, for [`answer_of`] to take `WAIT`'s count apart).
 fn read_replies(
     connection: &mut redis::Connection,
     replies: usize,
+    keep_all: bool,
     deadline: Instant,
-) -> std::result::Result<Vec<redis::Value>, Failure> {
+) -> std::result::Result<redis::Value, Failure> {
     connection
         .set_read_timeout(Some(remaining(deadline)?))
         .map_err(Failure::from)?;
-    let mut read = Vec::with_capacity(replies);
+    let mut all = Vec::with_capacity(if keep_all { replies } else { 0 });
+    let mut last = redis::Value::Nil;
     for _ in 0..replies {
         // A server error (`-READONLY` after a failover) is a failed read: the caller
         // sends the command again, on the node the master moved to.
-        read.push(
-            connection
-                .recv_response()
-                .and_then(redis::Value::extract_error)
-                .map_err(Failure::from)?,
-        );
+        let reply = connection
+            .recv_response()
+            .and_then(redis::Value::extract_error)
+            .map_err(Failure::from)?;
+        if keep_all {
+            all.push(reply);
+        } else {
+            last = reply;
+        }
     }
-    Ok(read)
+    Ok(if keep_all {
+        redis::Value::Array(all)
+    } else {
+        last
+    })
 }
 
 /// A claim sent on a blocking connection ([`RedisStore::send_claim`]).
