@@ -1005,6 +1005,69 @@ async fn writes_wait_for_the_replica(blocking: bool) {
     assert!(pair.waits() >= 4, "{}", pair.waits());
 }
 
+/// `store.replica_acks` with the replica a network round trip away (here 2 × 40 ms, a
+/// slow link, so that the timing shows): Redis holds every later command of a
+/// connection behind a `WAIT`, so the writes that wait go over connections of their own,
+/// several. Concurrent claims then wait for the replica side by side, not one after the
+/// other, and a read is answered while they wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_for_a_distant_replica_wait_side_by_side() {
+    let one_way = Duration::from_millis(40);
+    let pair = ReplicatedPair::start_distant(one_way);
+    let store = Arc::new(replicated_store(&pair, Duration::from_secs(5)));
+    // Connections are made on first use; make them now, and a record to read later.
+    let earlier = key("distant-earlier", b"key-a");
+    assert_eq!(store.claim(&earlier, LEASE).await.unwrap(), Claim::Won);
+    store.finish(&earlier, Record::Pending).await.unwrap();
+    let mut warm = tokio::task::JoinSet::new();
+    for n in 0..16 {
+        let store = store.clone();
+        warm.spawn(async move { store.claim(&key(&format!("warm-{n}"), b"k"), LEASE).await });
+    }
+    while let Some(done) = warm.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), Claim::Won);
+    }
+
+    let started = Instant::now();
+    let mut claims = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let store = store.clone();
+        claims.spawn(async move {
+            let claim = store
+                .claim(&key(&format!("distant-{n}"), b"k"), LEASE)
+                .await;
+            (claim, started.elapsed())
+        });
+    }
+    // While they wait for the replica, a read (a CertPoll) is answered at once.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let reading = Instant::now();
+    assert_eq!(
+        store.get(&key("distant-earlier", b"key-a")).await.unwrap(),
+        Some(Record::Pending)
+    );
+    let read_took = reading.elapsed();
+    let mut slowest = Duration::ZERO;
+    while let Some(done) = claims.join_next().await {
+        let (claim, took) = done.unwrap();
+        assert_eq!(claim.unwrap(), Claim::Won);
+        slowest = slowest.max(took);
+    }
+    assert!(
+        read_took < one_way,
+        "a read waited {read_took:?} behind the writes waiting for the replica"
+    );
+    // One after the other they would take 8 replica round trips (≥ 640 ms).
+    assert!(
+        slowest < one_way * 2 * 4,
+        "8 concurrent claims took {slowest:?}: they waited for the replica in turn"
+    );
+    assert!(
+        slowest >= one_way * 2,
+        "{slowest:?}: did not wait for the replica"
+    );
+}
+
 /// An ACL user without `WAIT` (or a Redis that refuses it): with `replica_acks` nothing
 /// is written as if it were safe: claims fail with Redis's own error, and the store is
 /// not ready, so the misconfiguration shows at the first readiness check.

@@ -21,7 +21,12 @@
 //! found, within the command's own deadline (see `redis::run_async`). Every node carries a
 //! generation, so that blocking connections made to an older node are dropped rather than
 //! reused.
+//!
+//! A node has one async connection for commands that answer at once, and, with
+//! `replica_acks`, a few more for writes followed by `WAIT` ([`Lane`]): Redis holds every
+//! later command of a connection until its `WAIT` returns, a replica round trip later.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -42,11 +47,48 @@ pub(super) struct Node {
     pub generation: u64,
     /// For blocking connections.
     pub client: Client,
-    /// For async commands; reconnects by itself to the same address.
-    pub manager: ConnectionManager,
+    /// For async commands that Redis answers at once; reconnects by itself to the same
+    /// address.
+    manager: ConnectionManager,
+    /// For async writes followed by `WAIT` (empty without `replica_acks`), taken in
+    /// turn. "WAIT ... blocks the current client" until the replicas acknowledge
+    /// (<https://redis.io/docs/latest/commands/wait/>), and a blocked client's later
+    /// commands wait in its input buffer: on one shared connection every write would
+    /// wait for the one before it, a replica round trip each, and every read behind
+    /// them. Lazy, like `manager`: each connects on first use.
+    waiting: Box<[ConnectionManager]>,
+    next_waiting: AtomicUsize,
     /// `host:port`, for logs.
     pub address: String,
     made_at: Instant,
+}
+
+/// Which of a node's async connections a command goes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Answered at once: reads, writes without `WAIT`, scripts, `PING`.
+    Direct,
+    /// Ends with `WAIT`: held by Redis until the replicas acknowledge.
+    Waiting,
+}
+
+impl Node {
+    /// A connection for a command of `lane`.
+    pub(super) fn connection(&self, lane: Lane) -> ConnectionManager {
+        if lane == Lane::Direct || self.waiting.is_empty() {
+            return self.manager.clone();
+        }
+        let turn = self.next_waiting.fetch_add(1, Ordering::Relaxed) % self.waiting.len();
+        self.waiting[turn].clone()
+    }
+}
+
+/// How a node's async connections are made.
+#[derive(Clone)]
+pub(super) struct Connections {
+    pub config: ConnectionManagerConfig,
+    /// Connections of [`Lane::Waiting`]: 0 without `replica_acks`.
+    pub waiting: usize,
 }
 
 /// The current node, shared by every clone.
@@ -57,7 +99,7 @@ struct Shared {
     /// `None` only before the sentinels first named a master. The lock is held to read
     /// or swap the `Arc`, never across I/O.
     node: RwLock<Option<Arc<Node>>>,
-    config: ConnectionManagerConfig,
+    connections: Connections,
     sentinel: Option<Arc<Lookups>>,
 }
 
@@ -73,14 +115,11 @@ struct Lookups {
 
 impl Master {
     /// One endpoint for the life of the store.
-    pub(super) fn fixed(
-        client: Client,
-        config: ConnectionManagerConfig,
-    ) -> Result<Self, RedisError> {
-        let node = new_node(0, client, &config)?;
+    pub(super) fn fixed(client: Client, connections: Connections) -> Result<Self, RedisError> {
+        let node = new_node(0, client, &connections)?;
         Ok(Master(Arc::new(Shared {
             node: RwLock::new(Some(Arc::new(node))),
-            config,
+            connections,
             sentinel: None,
         })))
     }
@@ -94,7 +133,7 @@ impl Master {
     pub(super) fn sentinel(
         sentinel: SentinelClient,
         name: String,
-        config: ConnectionManagerConfig,
+        connections: Connections,
         timeout: Duration,
         recheck: Duration,
     ) -> Self {
@@ -105,7 +144,7 @@ impl Master {
         });
         let shared = Arc::new(Shared {
             node: RwLock::new(None),
-            config,
+            connections,
             sentinel: Some(lookups.clone()),
         });
         tokio::spawn(watch_sentinels(
@@ -220,7 +259,12 @@ impl Master {
         if stale.made_at.elapsed() < RENEW_GAP {
             return None;
         }
-        let node = new_node(stale.generation + 1, stale.client.clone(), &self.0.config).ok()?;
+        let node = new_node(
+            stale.generation + 1,
+            stale.client.clone(),
+            &self.0.connections,
+        )
+        .ok()?;
         tracing::warn!(
             endpoint = %node.address,
             "redis answered READONLY (its primary moved): connecting again"
@@ -247,14 +291,19 @@ pub(super) fn is_read_only(error: &RedisError) -> bool {
 fn new_node(
     generation: u64,
     client: Client,
-    config: &ConnectionManagerConfig,
+    connections: &Connections,
 ) -> Result<Node, RedisError> {
     let address = client.get_connection_info().addr().to_string();
-    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+    let manager =
+        || ConnectionManager::new_lazy_with_config(client.clone(), connections.config.clone());
     Ok(Node {
         generation,
+        manager: manager()?,
+        waiting: (0..connections.waiting)
+            .map(|_| manager())
+            .collect::<Result<_, _>>()?,
+        next_waiting: AtomicUsize::new(0),
         client,
-        manager,
         address,
         made_at: Instant::now(),
     })
@@ -321,7 +370,7 @@ impl Master {
             Some(current) => current.generation + 1,
             None => 0,
         };
-        let node = match new_node(generation, client, &self.0.config) {
+        let node = match new_node(generation, client, &self.0.connections) {
             Ok(node) => node,
             Err(e) => {
                 tracing::warn!(master = %name, %address, error = %e, "redis sentinel: cannot use the master named");

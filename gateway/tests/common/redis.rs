@@ -479,16 +479,31 @@ pub struct ReplicatedPair {
 
 impl ReplicatedPair {
     pub fn start() -> ReplicatedPair {
+        ReplicatedPair::start_with_link(None)
+    }
+
+    /// A pair whose replica is `one_way` away from its master, as a replica in another
+    /// zone is: its link goes through a [`DelayLink`], so a `WAIT` takes about twice
+    /// `one_way`.
+    pub fn start_distant(one_way: Duration) -> ReplicatedPair {
+        ReplicatedPair::start_with_link(Some(one_way))
+    }
+
+    fn start_with_link(one_way: Option<Duration>) -> ReplicatedPair {
         let master = RedisServer::start_with(vec![
             // The replica's first full sync starts at once (the default waits 5 s for
             // more replicas to share it).
             "--repl-diskless-sync-delay".into(),
             "0".into(),
         ]);
+        let upstream = match one_way {
+            None => master.port,
+            Some(delay) => DelayLink::start(master.port, delay),
+        };
         let replica = RedisServer::start_with(vec![
             "--replicaof".into(),
             "127.0.0.1".into(),
-            master.port.to_string(),
+            upstream.to_string(),
         ]);
         let pair = ReplicatedPair { master, replica };
         pair.wait_in_sync();
@@ -524,4 +539,65 @@ impl ReplicatedPair {
             .and_then(|rest| rest.split(',').next())
             .map_or(0, |n| n.parse().unwrap())
     }
+}
+
+/// A TCP relay on a free loopback port to `target`, holding every chunk `delay` in each
+/// direction (order kept): a network link of that latency. Its threads live as long as
+/// the test process.
+pub struct DelayLink;
+
+impl DelayLink {
+    /// Starts relaying; returns the port to connect to instead of `target`'s.
+    pub fn start(target: u16, delay: Duration) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                relay(
+                    inbound.try_clone().unwrap(),
+                    outbound.try_clone().unwrap(),
+                    delay,
+                );
+                relay(outbound, inbound, delay);
+            }
+        });
+        port
+    }
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read.
+fn relay(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (chunks, delayed) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if chunks
+                        .send((Instant::now() + delay, buffer[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (due, chunk) in delayed {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&chunk).is_err() {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }
