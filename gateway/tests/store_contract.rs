@@ -988,6 +988,16 @@ async fn writes_wait_for_the_replica(blocking: bool) {
             ));
             // A store that cannot enroll is not ready.
             assert!(matches!(store.health().await, Err(Error::Unavailable(_))));
+            // A new one-time password that may not survive a failover is not handed out.
+            match store
+                .put_otp(&[7; 32], &otp("mdm"), Duration::from_secs(60), 10)
+                .await
+            {
+                Err(Error::Unavailable(why)) => {
+                    assert!(why.contains("put_otp: acknowledged by 0"), "{why}")
+                }
+                other => panic!("a password the replica missed was handed out: {other:?}"),
+            }
 
             pair.replica.resume();
             pair.wait_in_sync();
@@ -995,6 +1005,16 @@ async fn writes_wait_for_the_replica(blocking: bool) {
             let after = key("after", b"key-c");
             assert_eq!(store.claim(&after, LEASE).await.unwrap(), Claim::Won);
             assert!(pair.on_replica("test:tx:n:after").is_some());
+            let hash = [8; 32];
+            assert_eq!(
+                store
+                    .put_otp(&hash, &otp("mdm"), Duration::from_secs(60), 10)
+                    .await
+                    .unwrap(),
+                OtpPut::Stored
+            );
+            let on_replica = pair.on_replica(&format!("test:otp:{}", hex(&hash)));
+            assert!(on_replica.is_some(), "a new password is not on the replica");
         }
     };
     if blocking {
@@ -1109,4 +1129,8 @@ async fn replica_acks_without_the_right_to_wait_are_unavailable() {
     }
     let refused = store.claim(&key("no-wait", b"key-a"), LEASE).await;
     assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -209,7 +209,6 @@ pub struct RedisStore {
     acks: Option<ReplicaAcks>,
     /// Shared with the tasks that release an unread claim ([`RedisStore::release_if_won`]).
     release: Arc<redis::Script>,
-    put_otp: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -302,7 +301,6 @@ impl RedisStore {
             ttl: settings.ttl,
             acks: ReplicaAcks::new(settings.replica_acks, settings.command_timeout),
             release: Arc::new(redis::Script::new(RELEASE)),
-            put_otp: redis::Script::new(PUT_OTP),
         })
     }
 
@@ -393,9 +391,9 @@ impl RedisStore {
     }
 
     /// `command` followed by `WAIT` in one pipeline, when replica acknowledgements are
-    /// configured. Scripts are sent as they are: the two there are (a claim's release,
-    /// a new one-time password) lose nothing that matters when lost at a failover (the
-    /// claim lapses with its lease; the requester asks for another password).
+    /// configured. Scripts are sent as they are: the one there is, a claim's release,
+    /// loses nothing that matters when lost at a failover (the claim lapses with its
+    /// lease).
     fn with_wait<'c>(&self, command: Command<'c>) -> Command<'c> {
         let Some(acks) = self.acks else {
             return command;
@@ -1290,19 +1288,20 @@ impl Store for RedisStore {
                 .map_err(|e| Error::Unavailable(format!("one-time password record: {e}")))?;
             let ttl_ms = millis(ttl);
             let member = hex::encode(hash);
-            let stored: i64 = self
-                .call("put_otp", {
-                    let mut invocation = self.put_otp.prepare_invoke();
-                    invocation
-                        .key(&otp_key)
-                        .key(&set_key)
-                        .arg(&value)
-                        .arg(ttl_ms)
-                        .arg(max_outstanding)
-                        .arg(&member);
-                    Command::Script(invocation)
-                })
-                .await?;
+            // A plain EVAL (not EVALSHA, which may answer NOSCRIPT), so that it can be
+            // followed by `WAIT` in one pipeline: a password handed out must survive a
+            // failover, or the device it was meant for fails to enroll. Passwords are made
+            // one at a time by an administrator or an MDM; sending the script costs nothing.
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(PUT_OTP)
+                .arg(2)
+                .arg(&otp_key)
+                .arg(&set_key)
+                .arg(&value)
+                .arg(ttl_ms)
+                .arg(max_outstanding)
+                .arg(&member);
+            let stored: i64 = self.call_write("put_otp", Command::Cmd(eval)).await?;
             Ok(if stored == 1 {
                 OtpPut::Stored
             } else {
