@@ -1025,14 +1025,14 @@ async fn writes_wait_for_the_replica(blocking: bool) {
     assert!(pair.waits() >= 4, "{}", pair.waits());
 }
 
-/// `store.replica_acks` with the replica a network round trip away (here 2 × 40 ms, a
-/// slow link, so that the timing shows): Redis holds every later command of a
+/// `store.replica_acks` with the replica a network round trip away (here 2 × 100 ms, a
+/// slow link, so that the timing shows under a loaded test machine): Redis holds every later command of a
 /// connection behind a `WAIT`, so the writes that wait go over connections of their own,
 /// several. Concurrent claims then wait for the replica side by side, not one after the
 /// other, and a read is answered while they wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_waiting_for_a_distant_replica_wait_side_by_side() {
-    let one_way = Duration::from_millis(40);
+    let one_way = Duration::from_millis(100);
     let pair = ReplicatedPair::start_distant(one_way);
     let store = Arc::new(replicated_store(&pair, Duration::from_secs(5)));
     // Connections are made on first use; make them now, and a record to read later.
@@ -1077,7 +1077,7 @@ async fn writes_waiting_for_a_distant_replica_wait_side_by_side() {
         read_took < one_way,
         "a read waited {read_took:?} behind the writes waiting for the replica"
     );
-    // One after the other they would take 8 replica round trips (≥ 640 ms).
+    // One after the other they would take 8 replica round trips (≥ 1.6 s).
     assert!(
         slowest < one_way * 2 * 4,
         "8 concurrent claims took {slowest:?}: they waited for the replica in turn"
