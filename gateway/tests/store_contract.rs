@@ -1088,6 +1088,54 @@ async fn writes_waiting_for_a_distant_replica_wait_side_by_side() {
     );
 }
 
+/// `store.replica_acks` with the replica frozen and more concurrent claims than the
+/// store has connections for writes that wait: claims queue behind other claims' `WAIT`s
+/// on a connection and their answers are lost at the deadline, before Redis has even run
+/// them. The release sent after each must run after its claim (on its connection), or the
+/// claim lands later and holds the transaction until the lease runs out: every retry
+/// must win within moments of the replica's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_queued_behind_waits_are_released_when_their_answers_are_lost() {
+    let pair = ReplicatedPair::start();
+    let store = Arc::new(replicated_store(&pair, Duration::from_millis(600)));
+    let lease = Duration::from_secs(60);
+    store.health().await.unwrap();
+    pair.replica.pause();
+    let mut claims = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let store = store.clone();
+        // Half as a PKIOperation sends them (overlapped with the decryption).
+        claims.spawn(async move {
+            let k = key(&format!("queued-{n}"), b"k");
+            if n % 2 == 0 {
+                if let Some(in_flight) = store.start_claim(&k, lease).await {
+                    return in_flight.await;
+                }
+            }
+            store.claim(&k, lease).await
+        });
+    }
+    while let Some(done) = claims.join_next().await {
+        let refused = done.unwrap();
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+    }
+    pair.replica.resume();
+    pair.wait_in_sync();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 0..40 {
+        loop {
+            match store.claim(&key(&format!("queued-{n}"), b"k"), lease).await {
+                Ok(Claim::Won) => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "queued-{n}: the retry still gets {other:?}: a late claim was not released"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// An ACL user without `WAIT` (or a Redis that refuses it): with `replica_acks` nothing
 /// is written as if it were safe: claims fail with Redis's own error, and the store is
 /// not ready, so the misconfiguration shows at the first readiness check.

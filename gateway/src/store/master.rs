@@ -51,7 +51,7 @@ pub(super) struct Node {
     /// address.
     manager: ConnectionManager,
     /// For async writes followed by `WAIT` (empty without `replica_acks`), taken in
-    /// turn. "WAIT ... blocks the current client" until the replicas acknowledge
+    /// turn or by a transaction's key. "WAIT ... blocks the current client" until the replicas acknowledge
     /// (<https://redis.io/docs/latest/commands/wait/>), and a blocked client's later
     /// commands wait in its input buffer: on one shared connection every write would
     /// wait for the one before it, a replica round trip each, and every read behind
@@ -68,17 +68,23 @@ pub(super) struct Node {
 pub(super) enum Lane {
     /// Answered at once: reads, writes without `WAIT`, scripts, `PING`.
     Direct,
-    /// Ends with `WAIT`: held by Redis until the replicas acknowledge.
-    Waiting,
+    /// Ends with `WAIT` (held by Redis until the replicas acknowledge), or must follow
+    /// such a command: the next connection in turn, or with `Some(affinity)` always the
+    /// same one for the same affinity, so that Redis runs what goes over it in the order
+    /// it was sent (a claim, then the release sent after the claim's answer was lost).
+    Waiting(Option<u64>),
 }
 
 impl Node {
     /// A connection for a command of `lane`.
     pub(super) fn connection(&self, lane: Lane) -> ConnectionManager {
-        if lane == Lane::Direct || self.waiting.is_empty() {
-            return self.manager.clone();
-        }
-        let turn = self.next_waiting.fetch_add(1, Ordering::Relaxed) % self.waiting.len();
+        let count = self.waiting.len();
+        let turn = match lane {
+            _ if count == 0 => return self.manager.clone(),
+            Lane::Direct => return self.manager.clone(),
+            Lane::Waiting(Some(affinity)) => (affinity % count as u64) as usize,
+            Lane::Waiting(None) => self.next_waiting.fetch_add(1, Ordering::Relaxed) % count,
+        };
         self.waiting[turn].clone()
     }
 }

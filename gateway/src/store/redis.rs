@@ -386,7 +386,17 @@ impl RedisStore {
         op: &'static str,
         command: Command<'_>,
     ) -> Result<T> {
-        let value: redis::Value = self.call(op, self.with_wait(command)).await?;
+        self.call_write_on(op, command, None).await
+    }
+
+    /// [`RedisStore::call_write`] over the waiting connection of `affinity`.
+    async fn call_write_on<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        command: Command<'_>,
+        affinity: Option<u64>,
+    ) -> Result<T> {
+        let value: redis::Value = self.call(op, self.with_wait_on(command, affinity)).await?;
         answer_of(value, self.acks).map_err(|e| self.unavailable(op, e))
     }
 
@@ -395,6 +405,12 @@ impl RedisStore {
     /// loses nothing that matters when lost at a failover (the claim lapses with its
     /// lease).
     fn with_wait<'c>(&self, command: Command<'c>) -> Command<'c> {
+        self.with_wait_on(command, None)
+    }
+
+    /// [`RedisStore::with_wait`] over the waiting connection of `affinity` (see
+    /// [`affinity`]).
+    fn with_wait_on<'c>(&self, command: Command<'c>, affinity: Option<u64>) -> Command<'c> {
         let Some(acks) = self.acks else {
             return command;
         };
@@ -404,11 +420,11 @@ impl RedisStore {
                 pipe.add_command(cmd);
                 pipe
             }
-            Command::Pipe(pipe) | Command::Waiting(pipe) => pipe,
+            Command::Pipe(pipe) | Command::Waiting(pipe, _) => pipe,
             Command::Script(script) => return Command::Script(script),
         };
         acks.append_to(&mut pipe);
-        Command::Waiting(pipe)
+        Command::Waiting(pipe, affinity)
     }
 
     fn unavailable(&self, op: &'static str, failure: Failure) -> Error {
@@ -451,10 +467,11 @@ impl RedisStore {
     fn write_owned<T: redis::FromRedisValue + Send + 'static>(
         &self,
         command: Command<'static>,
+        affinity: Option<u64>,
     ) -> BoxFuture<'static, std::result::Result<T, Failure>> {
         let master = self.master.clone();
         let (timeout, acks) = (self.timeout, self.acks);
-        let command = self.with_wait(command);
+        let command = self.with_wait_on(command, affinity);
         Box::pin(async move {
             let value = run_async::<redis::Value>(&master, timeout, &command).await?;
             answer_of(value, acks)
@@ -570,7 +587,7 @@ impl RedisStore {
         let replies = replies + usize::from(self.acks.is_some());
         let packed = match &command {
             Command::Cmd(c) => c.get_packed_command(),
-            Command::Pipe(p) | Command::Waiting(p) => p.get_packed_pipeline(),
+            Command::Pipe(p) | Command::Waiting(p, _) => p.get_packed_pipeline(),
             Command::Script(_) => return None,
         };
         let node = self.master.now()?;
@@ -608,8 +625,9 @@ impl RedisStore {
     }
 
     /// After a claim whose answer was lost (a timeout, a dropped connection): the claim
-    /// may still land, e.g. on a Redis that hung and resumes. A release sent after it on
-    /// the same (multiplexed) connection then deletes it, if it is still this request's
+    /// may still land, e.g. on a Redis that hung and resumes, or (with `replica_acks`)
+    /// behind other requests' `WAIT`s on its connection. A release sent after it on the
+    /// same (multiplexed) connection then deletes it, if it is still this request's
     /// claim, so that the client's retry does not wait out the lease as PENDING. Best
     /// effort: the lease remains the backstop.
     fn release_later(&self, key: &TransactionKey) {
@@ -618,10 +636,22 @@ impl RedisStore {
         };
         let redis_key = self.transaction_key(key);
         let ours = codec::encode(key, &Record::InProgress);
-        let release = Command::Cmd(release_command(&redis_key, &ours));
+        let release = release_command(&redis_key, &ours);
+        let release = match self.acks {
+            // The claim went over the waiting connection of its key: so does this.
+            Some(_) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(release);
+                Command::Waiting(pipe, Some(affinity(&redis_key)))
+            }
+            None => Command::Cmd(release),
+        };
         let (master, timeout) = (self.master.clone(), self.timeout);
         runtime.spawn(async move {
-            if run_async::<i64>(&master, timeout, &release).await.is_err() {
+            if run_async::<redis::Value>(&master, timeout, &release)
+                .await
+                .is_err()
+            {
                 tracing::debug!("a claim whose answer was lost was not released (yet); it lapses with its lease");
             }
         });
@@ -749,22 +779,24 @@ const WAITING_CONNECTIONS: usize = 8;
 enum Command<'a> {
     Cmd(redis::Cmd),
     Pipe(redis::Pipeline),
-    /// A pipeline ending with `WAIT` ([`RedisStore::with_wait`]); on the async path it
-    /// goes over a connection of [`Lane::Waiting`], so that nothing else waits behind it.
-    Waiting(redis::Pipeline),
+    /// A pipeline ending with `WAIT` ([`RedisStore::with_wait`]), or one that must follow
+    /// such a pipeline on its connection ([`RedisStore::release_later`]); on the async
+    /// path it goes over a connection of [`Lane::Waiting`] (the one of its affinity, if
+    /// any), so that nothing else waits behind it.
+    Waiting(redis::Pipeline, Option<u64>),
     Script(redis::ScriptInvocation<'a>),
 }
 
 impl Command<'_> {
     async fn run_async<T: redis::FromRedisValue>(&self, node: &Node) -> redis::RedisResult<T> {
         let lane = match self {
-            Command::Waiting(_) => Lane::Waiting,
+            Command::Waiting(_, affinity) => Lane::Waiting(*affinity),
             _ => Lane::Direct,
         };
         let mut connection = node.connection(lane);
         match self {
             Command::Cmd(c) => c.query_async(&mut connection).await,
-            Command::Pipe(p) | Command::Waiting(p) => p.query_async(&mut connection).await,
+            Command::Pipe(p) | Command::Waiting(p, _) => p.query_async(&mut connection).await,
             Command::Script(s) => s.invoke_async(&mut connection).await,
         }
     }
@@ -873,7 +905,7 @@ fn run_blocking<T: redis::FromRedisValue>(
         .map_err(Failure::from)?;
     match command {
         Command::Cmd(c) => c.query(connection),
-        Command::Pipe(p) | Command::Waiting(p) => p.query(connection),
+        Command::Pipe(p) | Command::Waiting(p, _) => p.query(connection),
         Command::Script(s) => s.invoke(connection),
     }
     .map_err(Failure::from)
@@ -1049,6 +1081,16 @@ impl Drop for RedisClaim<'_> {
     }
 }
 
+/// Which connection of the waiting lane a transaction's claim goes over
+/// ([`Lane::Waiting`]): the same for every request of the transaction, so that the
+/// release [`RedisStore::release_later`] sends after a lost answer runs after the claim.
+/// Any hash spreads transactions over the connections; this one is fixed per process.
+fn affinity(redis_key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(redis_key)
+}
+
 /// The [`RELEASE`] script as a plain `EVAL`: self-contained, so that it can be written
 /// after a claim without reading anything first (`EVALSHA` may answer NOSCRIPT).
 fn release_command(redis_key: &str, ours: &[u8]) -> redis::Cmd {
@@ -1081,8 +1123,9 @@ impl Store for RedisStore {
             if let Some(claim) = self.send_claim(key, lease) {
                 return claim.finish();
             }
+            let (redis_key, _, claim) = self.claim_command(key, lease);
             let answer = self
-                .call_write("claim", Command::Cmd(self.claim_command(key, lease).2))
+                .call_write_on("claim", Command::Cmd(claim), Some(affinity(&redis_key)))
                 .await;
             if answer.is_err() {
                 self.release_later(key);
@@ -1108,7 +1151,8 @@ impl Store for RedisStore {
         }
         let (redis_key, ours, command) = self.claim_command(key, lease);
         let key = key.clone();
-        let call = self.write_owned::<Option<Vec<u8>>>(Command::Cmd(command));
+        let call =
+            self.write_owned::<Option<Vec<u8>>>(Command::Cmd(command), Some(affinity(&redis_key)));
         let orphan = self.release_if_won(redis_key, ours);
         Box::pin(async move {
             let sent = Overlapped::send(call, Some(orphan)).await;
@@ -1139,7 +1183,7 @@ impl Store for RedisStore {
                 Box::pin(async move { sent.finish() }) as InFlight<'a, ()>
             })));
         }
-        let call = self.write_owned::<()>(command);
+        let call = self.write_owned::<()>(command, None);
         Box::pin(async move {
             let sent = Overlapped::send(call, None).await;
             Some(Box::pin(async move {
