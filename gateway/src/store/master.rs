@@ -51,11 +51,12 @@ pub(super) struct Node {
     /// address.
     manager: ConnectionManager,
     /// For async writes followed by `WAIT` (empty without `replica_acks`), taken in
-    /// turn or by a transaction's key. "WAIT ... blocks the current client" until the replicas acknowledge
-    /// (<https://redis.io/docs/latest/commands/wait/>), and a blocked client's later
-    /// commands wait in its input buffer: on one shared connection every write would
-    /// wait for the one before it, a replica round trip each, and every read behind
-    /// them. Lazy, like `manager`: each connects on first use.
+    /// turn or by a transaction's key. "WAIT ... blocks the current client" until the
+    /// replicas acknowledge (<https://redis.io/docs/latest/commands/wait/>), and a
+    /// blocked client's later commands wait in its input buffer: on one shared
+    /// connection every write would wait for the one before it, a replica round trip
+    /// each, and every read behind them. Lazy, like `manager`: each connects on first
+    /// use.
     waiting: Box<[ConnectionManager]>,
     next_waiting: AtomicUsize,
     /// `host:port`, for logs.
