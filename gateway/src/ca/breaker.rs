@@ -42,6 +42,13 @@ enum State {
         until: Instant,
         backoff: Duration,
     },
+    /// Open, and a probe has been answered since it opened: the next request is the
+    /// trial. A state of its own (not an `Open` whose `until` has passed) so that the
+    /// answer is reported once, also when the back-off ran out before it came (a CA
+    /// back after a long outage, or a slow probe).
+    Probed {
+        backoff: Duration,
+    },
     /// One trial request is out; everyone else is refused until it ends.
     HalfOpen {
         backoff: Duration,
@@ -102,15 +109,19 @@ impl Breaker {
                 *state = State::HalfOpen { backoff };
                 Permit::Trial
             }
+            State::Probed { backoff } => {
+                *state = State::HalfOpen { backoff };
+                Permit::Trial
+            }
             State::Open { .. } | State::HalfOpen { .. } => Permit::Refused,
         }
     }
 
     /// Whether the CA counts as up (readiness): closed, or open with its back-off over
-    /// (the next request will try it).
+    /// or a probe answered (the next request will try it).
     pub fn is_healthy(&self) -> bool {
         match *self.lock() {
-            State::Closed { .. } => true,
+            State::Closed { .. } | State::Probed { .. } => true,
             State::Open { until, .. } => Instant::now() >= until,
             State::HalfOpen { .. } => false,
         }
@@ -125,19 +136,17 @@ impl Breaker {
     }
 
     /// A probe was answered: an open breaker's back-off ends, so that the next request
-    /// is the trial (see the module doc). `Probed` once per back-off: not again while
-    /// the trial is out or still waits for a request.
+    /// is the trial (see the module doc). `Probed` once per opening, whether or not the
+    /// back-off had run out: not again while the trial is out or still waits for a
+    /// request.
     pub fn probe_answered(&self) -> Option<Transition> {
         let mut state = self.lock();
         match *state {
-            State::Open { until, backoff } if Instant::now() < until => {
-                *state = State::Open {
-                    until: Instant::now(),
-                    backoff,
-                };
+            State::Open { backoff, .. } => {
+                *state = State::Probed { backoff };
                 Some(Transition::Probed)
             }
-            State::Closed { .. } | State::Open { .. } | State::HalfOpen { .. } => None,
+            State::Closed { .. } | State::Probed { .. } | State::HalfOpen { .. } => None,
         }
     }
 
@@ -162,10 +171,12 @@ impl Breaker {
                     Some(Transition::Opened { backoff }),
                 )
             }
-            State::HalfOpen { backoff } | State::Open { backoff, .. } => {
+            State::HalfOpen { backoff }
+            | State::Probed { backoff }
+            | State::Open { backoff, .. } => {
                 let backoff = (backoff * 2).min(s.max_backoff);
-                // Back from a state that counted as healthy (a trial out, or the back-off
-                // over, e.g. ended by a probe): open again, and say so.
+                // Back from a state that counted as healthy (a trial out, a probe
+                // answered, or the back-off over): open again, and say so.
                 let reopened = match *state {
                     State::Open { until, .. } => Instant::now() >= until,
                     _ => true,
@@ -212,7 +223,7 @@ impl Breaker {
         match *self.lock() {
             State::Closed { .. } => "closed",
             State::Open { .. } => "open",
-            State::HalfOpen { .. } => "half-open",
+            State::Probed { .. } | State::HalfOpen { .. } => "half-open",
         }
     }
 }
@@ -340,6 +351,22 @@ mod tests {
         assert_eq!(b.probe_answered(), Some(Transition::Probed));
         assert!(matches!(b.failure(), Some(Transition::Opened { .. })));
         assert!(!b.is_healthy());
+    }
+
+    /// A probe answered after the back-off ran out (a slow probe, or a CA back after a
+    /// long outage) still reports the CA back, once: the next request is the trial.
+    #[test]
+    fn a_probe_answered_after_the_back_off_ran_out_is_still_reported_once() {
+        let b = breaker(1, 10);
+        b.failure();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(b.is_healthy(), "the back-off is over");
+        assert_eq!(b.probe_answered(), Some(Transition::Probed));
+        assert_eq!(b.probe_answered(), None, "said once");
+        assert_eq!(b.describe(), "half-open");
+        assert_eq!(b.allow(), Permit::Trial);
+        assert_eq!(b.allow(), Permit::Refused, "one trial at a time");
+        assert_eq!(b.success(), Some(Transition::Closed));
     }
 
     /// A CA that answers GetCACaps but not requests: the probes in between do not
