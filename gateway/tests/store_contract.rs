@@ -229,14 +229,15 @@ async fn a_resubmission_lock_is_a_claim_beside_the_record(store: Arc<dyn Store>)
 both_stores!(a_lapsed_lease_can_be_won_again);
 async fn a_lapsed_lease_can_be_won_again(store: Arc<dyn Store>) {
     let k = key("t5", b"key-a");
-    // Long enough for two calls on a loaded CI machine.
-    let short = Duration::from_millis(600);
+    // Long enough for two calls on a loaded CI machine, each waiting for a replica in
+    // the replicated variants.
+    let short = Duration::from_secs(2);
     assert_eq!(store.claim(&k, short).await.unwrap(), Claim::Won);
     assert_eq!(
         store.claim(&key("t5", b"key-a"), short).await.unwrap(),
         Claim::Existing(Record::InProgress)
     );
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
     // The replica that held it is presumed dead: the retry proceeds.
     assert_eq!(store.get(&k).await.unwrap(), None);
     let retry = key("t5", b"key-a");
@@ -386,7 +387,9 @@ async fn a_requester_holds_at_most_the_bound(store: Arc<dyn Store>) {
 
 both_stores!(an_expired_password_is_gone_and_frees_its_place);
 async fn an_expired_password_is_gone_and_frees_its_place(store: Arc<dyn Store>) {
-    let short = Duration::from_millis(200);
+    // Long enough that the second put comes before the first expires on a loaded
+    // machine, where each put also waits for a replica in the replicated variants.
+    let short = Duration::from_secs(2);
     assert_eq!(
         store
             .put_otp(&[30; 32], &otp("dave"), short, 1)
@@ -401,7 +404,7 @@ async fn an_expired_password_is_gone_and_frees_its_place(store: Arc<dyn Store>) 
             .unwrap(),
         OtpPut::CacheFull
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
     assert_eq!(store.take_otp(&[30; 32]).await.unwrap(), None);
     assert_eq!(store.outstanding_otps("dave").await.unwrap(), 0);
     assert_eq!(
@@ -931,7 +934,9 @@ async fn writes_wait_for_the_replica_on_the_blocking_path() {
 
 async fn writes_wait_for_the_replica(blocking: bool) {
     let pair = Arc::new(ReplicatedPair::start());
-    let store = Arc::new(replicated_store(&pair, Duration::from_millis(600)));
+    // WAIT gives the replica half of it: room for a loaded CI machine.
+    let timeout = Duration::from_secs(2);
+    let store = Arc::new(replicated_store(&pair, timeout));
     let body = {
         let pair = pair.clone();
         async move {
@@ -974,7 +979,7 @@ async fn writes_wait_for_the_replica(blocking: bool) {
                 }
                 other => panic!("a claim the replica missed was used: {other:?}"),
             }
-            assert!(elapsed < Duration::from_millis(1200), "{elapsed:?}");
+            assert!(elapsed < timeout * 2, "{elapsed:?}");
             // ... and released, so that the client's retry need not wait out the lease.
             let deadline = Instant::now() + Duration::from_secs(5);
             while pair.on_master("test:tx:n:unreplicated").is_some() {
@@ -1098,7 +1103,7 @@ async fn writes_waiting_for_a_distant_replica_wait_side_by_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_queued_behind_waits_are_released_when_their_answers_are_lost() {
     let pair = ReplicatedPair::start();
-    let store = Arc::new(replicated_store(&pair, Duration::from_millis(600)));
+    let store = Arc::new(replicated_store(&pair, Duration::from_secs(2)));
     let lease = Duration::from_secs(60);
     store.health().await.unwrap();
     pair.replica.pause();
