@@ -519,12 +519,25 @@ async fn claim_into_a_hang(overlapped: bool) {
     server.resume();
 
     let deadline = Instant::now() + Duration::from_secs(5);
+    retry_until_won(&store, "hung", b"key-a", lease, deadline).await;
+}
+
+/// A client's retries of transaction `id` (each a new request: [`key`]) every 50 ms until
+/// one wins the claim, i.e. a late claim of an earlier request was released; fails at
+/// `deadline`.
+async fn retry_until_won(
+    store: &RedisStore,
+    id: &str,
+    spki: &[u8],
+    lease: Duration,
+    deadline: Instant,
+) {
     loop {
-        match store.claim(&key("hung", b"key-a"), lease).await {
+        match store.claim(&key(id, spki), lease).await {
             Ok(Claim::Won) => break,
             other => assert!(
                 Instant::now() < deadline,
-                "the retry still gets {other:?}: the late claim was not released"
+                "{id}: the retry still gets {other:?}: a late claim was not released"
             ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1129,16 +1142,7 @@ async fn claims_queued_behind_waits_are_released_when_their_answers_are_lost() {
     pair.wait_in_sync();
     let deadline = Instant::now() + Duration::from_secs(10);
     for n in 0..40 {
-        loop {
-            match store.claim(&key(&format!("queued-{n}"), b"k"), lease).await {
-                Ok(Claim::Won) => break,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "queued-{n}: the retry still gets {other:?}: a late claim was not released"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        retry_until_won(&store, &format!("queued-{n}"), b"k", lease, deadline).await;
     }
 }
 

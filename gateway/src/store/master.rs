@@ -80,13 +80,16 @@ impl Node {
     /// A connection for a command of `lane`.
     pub(super) fn connection(&self, lane: Lane) -> ConnectionManager {
         let count = self.waiting.len();
-        let turn = match lane {
-            _ if count == 0 => return self.manager.clone(),
-            Lane::Direct => return self.manager.clone(),
-            Lane::Waiting(Some(affinity)) => (affinity % count as u64) as usize,
-            Lane::Waiting(None) => self.next_waiting.fetch_add(1, Ordering::Relaxed) % count,
-        };
-        self.waiting[turn].clone()
+        match lane {
+            Lane::Waiting(affinity) if count > 0 => {
+                let turn = match affinity {
+                    Some(affinity) => (affinity % count as u64) as usize,
+                    None => self.next_waiting.fetch_add(1, Ordering::Relaxed) % count,
+                };
+                self.waiting[turn].clone()
+            }
+            _ => self.manager.clone(),
+        }
     }
 }
 

@@ -396,21 +396,16 @@ impl RedisStore {
         command: Command<'_>,
         affinity: Option<u64>,
     ) -> Result<T> {
-        let value: redis::Value = self.call(op, self.with_wait_on(command, affinity)).await?;
+        let value: redis::Value = self.call(op, self.with_wait(command, affinity)).await?;
         answer_of(value, self.acks).map_err(|e| self.unavailable(op, e))
     }
 
     /// `command` followed by `WAIT` in one pipeline, when replica acknowledgements are
-    /// configured. Scripts are sent as they are: the one there is, a claim's release,
-    /// loses nothing that matters when lost at a failover (the claim lapses with its
-    /// lease).
-    fn with_wait<'c>(&self, command: Command<'c>) -> Command<'c> {
-        self.with_wait_on(command, None)
-    }
-
-    /// [`RedisStore::with_wait`] over the waiting connection of `affinity` (see
-    /// [`affinity`]).
-    fn with_wait_on<'c>(&self, command: Command<'c>, affinity: Option<u64>) -> Command<'c> {
+    /// configured, sent over the waiting connection of `affinity` (see
+    /// [`RedisStore::claim_affinity`]) or the next in turn. Scripts are sent as they are:
+    /// the one there is, a claim's release, loses nothing that matters when lost at a
+    /// failover (the claim lapses with its lease).
+    fn with_wait<'c>(&self, command: Command<'c>, affinity: Option<u64>) -> Command<'c> {
         let Some(acks) = self.acks else {
             return command;
         };
@@ -471,7 +466,7 @@ impl RedisStore {
     ) -> BoxFuture<'static, std::result::Result<T, Failure>> {
         let master = self.master.clone();
         let (timeout, acks) = (self.timeout, self.acks);
-        let command = self.with_wait_on(command, affinity);
+        let command = self.with_wait(command, affinity);
         Box::pin(async move {
             let value = run_async::<redis::Value>(&master, timeout, &command).await?;
             answer_of(value, acks)
@@ -583,7 +578,7 @@ impl RedisStore {
         }
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let command = self.with_wait(command);
+        let command = self.with_wait(command, None);
         let replies = replies + usize::from(self.acks.is_some());
         let packed = match &command {
             Command::Cmd(c) => c.get_packed_command(),
@@ -622,6 +617,12 @@ impl RedisStore {
             sent,
             key: key.clone(),
         })
+    }
+
+    /// The waiting connection a claim of `redis_key` goes over ([`affinity`]); `None`
+    /// without `replica_acks`, where there is one connection and nothing to compute.
+    fn claim_affinity(&self, redis_key: &str) -> Option<u64> {
+        self.acks.map(|_| affinity(redis_key))
     }
 
     /// After a claim whose answer was lost (a timeout, a dropped connection): the claim
@@ -1125,7 +1126,11 @@ impl Store for RedisStore {
             }
             let (redis_key, _, claim) = self.claim_command(key, lease);
             let answer = self
-                .call_write_on("claim", Command::Cmd(claim), Some(affinity(&redis_key)))
+                .call_write_on(
+                    "claim",
+                    Command::Cmd(claim),
+                    self.claim_affinity(&redis_key),
+                )
                 .await;
             if answer.is_err() {
                 self.release_later(key);
@@ -1151,8 +1156,8 @@ impl Store for RedisStore {
         }
         let (redis_key, ours, command) = self.claim_command(key, lease);
         let key = key.clone();
-        let call =
-            self.write_owned::<Option<Vec<u8>>>(Command::Cmd(command), Some(affinity(&redis_key)));
+        let call = self
+            .write_owned::<Option<Vec<u8>>>(Command::Cmd(command), self.claim_affinity(&redis_key));
         let orphan = self.release_if_won(redis_key, ours);
         Box::pin(async move {
             let sent = Overlapped::send(call, Some(orphan)).await;
