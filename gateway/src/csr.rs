@@ -44,8 +44,6 @@ pub const MAX_ATTRIBUTES: usize = 32;
 pub const MAX_EXTENSIONS: usize = 64;
 pub const MAX_SAN_ENTRIES: usize = 100;
 pub const MAX_SAN_LEN: usize = 16 * 1024;
-/// The display form of the subject is cut here (it goes into logs).
-const MAX_SUBJECT_DISPLAY: usize = 1024;
 
 fn refused(text: impl fmt::Display) -> Error {
     Error::Refused(format!("CSR: {text}"))
@@ -122,7 +120,8 @@ impl CertificationRequest {
                 "the subject is longer than {MAX_SUBJECT_LEN} bytes"
             )));
         }
-        let subject_display = display_name(info.subject)?;
+        let subject_display = crate::name::display(info.subject)
+            .map_err(|e| refused(format_args!("the subject: {e}")))?;
 
         let mut challenge_password = None;
         let mut extensions = None;
@@ -412,21 +411,6 @@ impl<'a> Info<'a> {
         reader.finish()?;
         Ok(info)
     }
-}
-
-/// The RFC 4514 form of a DER Name, for logs.
-pub(crate) fn display_name(der: &[u8]) -> Result<String> {
-    let name = Name::from_der(der).map_err(|e| refused(format_args!("the subject: {e}")))?;
-    let mut text = name.to_string();
-    if text.len() > MAX_SUBJECT_DISPLAY {
-        let mut cut = MAX_SUBJECT_DISPLAY;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    Ok(text)
 }
 
 /// The challengePassword's text. RFC 2985 §5.4.1 says DirectoryString (PrintableString

@@ -380,7 +380,7 @@ async fn record<'g>(
             let fields = CertificateFields::parse(&certificate)?;
             let subject = match subject {
                 Some(s) => std::borrow::Cow::Borrowed(s),
-                None => crate::csr::display_name(fields.subject)
+                None => crate::name::display(fields.subject)
                     .unwrap_or_default()
                     .into(),
             };

@@ -28,6 +28,7 @@ pub mod health;
 pub mod http;
 pub mod init;
 pub mod metrics;
+pub mod name;
 pub mod pending;
 pub mod ra;
 pub mod reload;
