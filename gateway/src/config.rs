@@ -397,6 +397,25 @@ pub struct StoreConfig {
     /// and readiness is false while they do not acknowledge.
     /// 0 (the default): the master's acknowledgement is enough.
     pub replica_acks: u32,
+    /// Redis: `url` is a node of a Redis Cluster (`[store.cluster]`). Every key then
+    /// carries `key_prefix` as its hash tag (`{scep:}…`), so that all of them share one
+    /// slot, and the gateway talks to the master serving it.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[store.cluster]`: the store's Redis is a Redis Cluster; `store.url` / `url_env`
+/// names one of its nodes (a managed service's configuration or discovery endpoint).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` of further nodes to read the topology from when the URL's node does
+    /// not answer (self-managed clusters; a managed endpoint is one name for all).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// How often the topology is read while every command succeeds (it is read at once
+    /// after a `MOVED` redirection or a dropped connection).
+    #[serde(default = "SentinelConfig::default_recheck_ms")]
+    pub recheck_ms: u64,
 }
 
 /// `[store.sentinel]`: the sentinels that name the Redis master, and what they call it.
@@ -453,6 +472,7 @@ impl Default for StoreConfig {
             command_timeout_ms: 1000,
             sentinel: None,
             replica_acks: 0,
+            cluster: None,
         }
     }
 }
@@ -742,10 +762,22 @@ impl FileConfig {
             if store.replica_acks > 0 {
                 return invalid("store.replica_acks", "is for the redis backend only");
             }
+            if store.cluster.is_some() {
+                return invalid("store.cluster", "is for the redis backend only");
+            }
             return Ok(());
         }
         if let Some(sentinel) = &store.sentinel {
             check_sentinel(sentinel)?;
+        }
+        if let Some(cluster) = &store.cluster {
+            if store.sentinel.is_some() {
+                return invalid(
+                    "store.cluster",
+                    "and store.sentinel exclude each other (a cluster fails over by itself)",
+                );
+            }
+            check_cluster(cluster, &store.key_prefix)?;
         }
         if store.url.is_some() == store.url_env.is_some() {
             return invalid(
@@ -821,13 +853,39 @@ fn check_sentinel(sentinel: &SentinelConfig) -> Result<(), ConfigError> {
     if sentinel.nodes.is_empty() {
         return invalid("store.sentinel.nodes", "needs at least one host:port");
     }
-    for node in &sentinel.nodes {
+    check_nodes("store.sentinel.nodes", &sentinel.nodes)
+}
+
+/// `[store.cluster]`: `host:port` seeds, a sane recheck, and a key prefix that can be
+/// the hash tag (Redis takes the text up to the first `}` after the first `{`).
+fn check_cluster(cluster: &ClusterConfig, key_prefix: &str) -> Result<(), ConfigError> {
+    if cluster.recheck_ms < 100 {
+        return Err(ConfigError::Invalid {
+            setting: "store.cluster.recheck_ms",
+            reason: "must be at least 100".into(),
+        });
+    }
+    check_nodes("store.cluster.nodes", &cluster.nodes)?;
+    if key_prefix.contains(['{', '}']) {
+        return Err(ConfigError::Invalid {
+            setting: "store.key_prefix",
+            reason:
+                "must not hold braces with store.cluster (the gateway makes it the keys' hash tag)"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Each of `nodes` is `host:port`.
+fn check_nodes(setting: &'static str, nodes: &[String]) -> Result<(), ConfigError> {
+    for node in nodes {
         let port = node
             .rsplit_once(':')
             .map(|(host, port)| (host, port.parse::<u16>()));
         if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
             return Err(ConfigError::Invalid {
-                setting: "store.sentinel.nodes",
+                setting,
                 reason: format!("{node:?} is not host:port"),
             });
         }
@@ -1037,6 +1095,54 @@ mod tests {
         let tls = format!("{good}tls = true\n");
         let c = sentinel("backend = \"redis\"\ntls_ca_file = \"ca.pem\"", &tls).unwrap();
         assert!(c.store.sentinel.unwrap().tls);
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = |store: &str, section: &str| {
+            let text = example("c.txt")
+                .replace("backend = \"memory\"", store)
+                .replace(
+                    "# url = \"redis://127.0.0.1:6379/0\"",
+                    "url = \"rediss://clustercfg.scep.example:6379\"",
+                )
+                + section;
+            FileConfig::load(&write(dir.path(), &text)).map_err(|e| e.to_string())
+        };
+        let c = cluster("backend = \"redis\"", "[store.cluster]\n").unwrap();
+        let s = c.store.cluster.unwrap();
+        assert_eq!((s.nodes.len(), s.recheck_ms), (0, 5000));
+        let seeds = "[store.cluster]\nnodes = [\"10.0.0.2:6379\", \"[::1]:7000\"]\n";
+        let c = cluster("backend = \"redis\"", seeds).unwrap();
+        assert_eq!(c.store.cluster.unwrap().nodes.len(), 2);
+        let err = cluster("backend = \"memory\"", "[store.cluster]\n").unwrap_err();
+        assert!(err.contains("store.cluster"), "{err}");
+        for (store, section, setting) in [
+            (
+                "backend = \"redis\"",
+                "[store.cluster]\nnodes = [\"10.0.0.2\"]\n",
+                "store.cluster.nodes",
+            ),
+            (
+                "backend = \"redis\"",
+                "[store.cluster]\nrecheck_ms = 5\n",
+                "store.cluster.recheck_ms",
+            ),
+            (
+                "backend = \"redis\"\nkey_prefix = \"{scep}:\"",
+                "[store.cluster]\n",
+                "store.key_prefix",
+            ),
+            (
+                "backend = \"redis\"",
+                "[store.cluster]\n[store.sentinel]\nmaster = \"m\"\nnodes = [\"s:26379\"]\n",
+                "exclude each other",
+            ),
+        ] {
+            let err = cluster(store, section).unwrap_err();
+            assert!(err.contains(setting), "{section}: {err}");
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::scep::cacert::{self, CaCertAnswer};
 use crate::scep::capabilities::Capabilities;
 use crate::scep::request::CryptoPolicy;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisSettings, RedisStore, SentinelSettings};
+use crate::store::redis::{ClusterSettings, RedisSettings, RedisStore, SentinelSettings};
 use crate::store::Store;
 
 /// The running gateway's shared state.
@@ -424,6 +424,10 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> 
                 ttl,
                 sentinel,
                 replica_acks: config.replica_acks,
+                cluster: config.cluster.as_ref().map(|c| ClusterSettings {
+                    nodes: c.nodes.clone(),
+                    recheck: Duration::from_millis(c.recheck_ms),
+                }),
             })
             .map_err(|e| ConfigError::Invalid {
                 setting: "store.url",

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, ReplicatedPair, SentinelGroup, SENTINEL_MASTER};
+use common::redis::{RedisCluster, RedisServer, ReplicatedPair, SentinelGroup, SENTINEL_MASTER};
 use common::{get, post, Gateway, Options, Pki};
 use scep_gateway::ca::certificate::common_name;
 use scep_gateway::cms::algorithms::{ContentCipher, Digest};
@@ -276,6 +276,7 @@ fn a_claim_held_by_a_killed_replica_lapses_and_the_retry_completes() {
             ttl: Duration::from_secs(60),
             sentinel: None,
             replica_acks: 0,
+            cluster: None,
         })
         .unwrap();
         let claim = store
@@ -591,6 +592,67 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
         let text = common::scrape(replica.addr);
         assert_eq!(
             common::must(&text, "scep_store_master_changes_total", &moved),
+            1.0
+        );
+    }
+}
+
+/// Redis Cluster, seeded at a node that does not serve the store's slot: two replicas
+/// enroll a device; the slot's master fails over to its replica; the device's retry on
+/// the other gateway replica is answered from the store with the same certificate, a new
+/// device enrolls on both, and both stay ready, with no restart.
+#[test]
+fn a_fleet_on_a_redis_cluster_follows_a_failover() {
+    // The default key prefix `scep:` is the keys' hash tag.
+    const TAG: &str = "{scep:}";
+    let mut cluster = RedisCluster::start_with_replica(TAG);
+    let pki = Pki::init(&Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        append: vec![
+            format!("url = \"{}\"", cluster.url_away_from(TAG)),
+            "[store.cluster]".into(),
+        ],
+        ..Options::default()
+    });
+    let mut replicas = [pki.serve(), pki.serve()];
+    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
+    let certs = client::ca_certificates(&answer.body).unwrap();
+    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
+    for replica in &replicas {
+        wait_ready(replica.addr, 200, Duration::from_secs(10));
+    }
+
+    let first = Device::new("before-cluster-failover");
+    let (spec, message) = first.pkcsreq(&ra);
+    let (serial, _) = issued(&first.exchange(replicas[0].addr, &spec, &message));
+
+    cluster.wait_replicated(TAG);
+    cluster.fail_over(TAG);
+
+    let retry = first.exchange(replicas[1].addr, &spec, &message);
+    assert_success(&retry);
+    assert_eq!(
+        issued(&retry).0,
+        serial,
+        "the retry got another certificate"
+    );
+    let second = Device::new("after-cluster-failover");
+    for replica in &mut replicas {
+        let (spec, message) = second.pkcsreq(&ra);
+        assert_success(&second.exchange(replica.addr, &spec, &message));
+        wait_ready(replica.addr, 200, Duration::from_secs(5));
+        replica.assert_healthy();
+    }
+    for replica in &replicas {
+        let log = replica.log();
+        assert!(log.contains("redis cluster: the master moved"), "{log}");
+        let text = common::scrape(replica.addr);
+        assert_eq!(
+            common::must(
+                &text,
+                "scep_store_master_changes_total",
+                &[("reason", "cluster")]
+            ),
             1.0
         );
     }

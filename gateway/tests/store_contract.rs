@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, ReplicatedPair, SentinelGroup, SENTINEL_MASTER};
+use common::redis::{RedisCluster, RedisServer, ReplicatedPair, SentinelGroup, SENTINEL_MASTER};
 use scep_gateway::error::Error;
 use scep_gateway::scep::message::TransactionId;
 use scep_gateway::store::memory::MemoryStore;
-use scep_gateway::store::redis::{RedisSettings, RedisStore, SentinelSettings};
+use scep_gateway::store::redis::{ClusterSettings, RedisSettings, RedisStore, SentinelSettings};
 use scep_gateway::store::{Claim, OtpPut, OtpRecord, Record, Store, TransactionKey};
 
 const LEASE: Duration = Duration::from_secs(5);
@@ -32,6 +32,7 @@ fn redis_store(server: &RedisServer, timeout: Duration) -> RedisStore {
         ttl: Duration::from_secs(60),
         sentinel: None,
         replica_acks: 0,
+        cluster: None,
     })
     .unwrap()
 }
@@ -47,12 +48,38 @@ fn replicated_store(pair: &ReplicatedPair, timeout: Duration) -> RedisStore {
         ttl: Duration::from_secs(60),
         sentinel: None,
         replica_acks: 1,
+        cluster: None,
     })
     .unwrap()
 }
 
-/// Generates `memory`, `redis` and `redis_blocking` tests running `$body(store)`, and
-/// the two Redis ones again with writes that wait for a replica (`replica_acks`).
+/// The tag every key of a cluster store with the tests' prefix carries.
+const CLUSTER_TAG: &str = "{test:}";
+
+/// A store on Redis Cluster, seeded at `url` (and `nodes`), looking the topology up again
+/// every `recheck` besides after a redirection.
+fn cluster_store(
+    url: String,
+    nodes: Vec<String>,
+    recheck: Duration,
+    replica_acks: u32,
+) -> RedisStore {
+    RedisStore::connect(RedisSettings {
+        url,
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: Duration::from_secs(2),
+        ttl: Duration::from_secs(60),
+        sentinel: None,
+        replica_acks,
+        cluster: Some(ClusterSettings { nodes, recheck }),
+    })
+    .unwrap()
+}
+
+/// Generates `memory`, `redis` and `redis_blocking` tests running `$body(store)`, the
+/// two Redis ones again with writes that wait for a replica (`replica_acks`), and again
+/// on a Redis Cluster seeded at a node that does not serve the store's slot.
 macro_rules! both_stores {
     ($name:ident) => {
         mod $name {
@@ -97,6 +124,26 @@ macro_rules! both_stores {
                     Arc::new(replicated_store(&pair, Duration::from_secs(2)));
                 on_blocking_thread(super::$name(store)).await;
                 assert!(pair.waits() > 0, "no write waited for the replica");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                let cluster = RedisCluster::start();
+                let url = cluster.url_away_from(CLUSTER_TAG);
+                let store: Arc<dyn Store> =
+                    Arc::new(cluster_store(url, vec![], Duration::from_secs(600), 0));
+                super::$name(store).await;
+                drop(cluster);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster_blocking() {
+                let cluster = RedisCluster::start();
+                let url = cluster.url_away_from(CLUSTER_TAG);
+                let store: Arc<dyn Store> =
+                    Arc::new(cluster_store(url, vec![], Duration::from_secs(600), 0));
+                on_blocking_thread(super::$name(store)).await;
+                drop(cluster);
             }
         }
     };
@@ -559,6 +606,7 @@ async fn redis_over_tls_with_a_password() {
             ttl: Duration::from_secs(60),
             sentinel: None,
             replica_acks: 0,
+            cluster: None,
         })
         .unwrap()
     };
@@ -596,6 +644,7 @@ async fn the_redis_password_is_never_shown() {
         ttl: Duration::from_secs(60),
         sentinel: None,
         replica_acks: 0,
+        cluster: None,
     })
     .unwrap();
     let error = store.health().await.unwrap_err().to_string();
@@ -729,6 +778,7 @@ fn sentinel_store_with(
             tls: group.ca_pem().is_some(),
         }),
         replica_acks,
+        cluster: None,
     })
     .unwrap()
 }
@@ -1176,6 +1226,7 @@ async fn replica_acks_without_the_right_to_wait_are_unavailable() {
         ttl: Duration::from_secs(60),
         sentinel: None,
         replica_acks: 1,
+        cluster: None,
     })
     .unwrap();
     match store.health().await {
@@ -1191,4 +1242,110 @@ async fn replica_acks_without_the_right_to_wait_are_unavailable() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Redis Cluster: the store's keys are all in the slot of its tag, on the master the
+/// seed names (not the seed itself here), and after a failover of that master the first
+/// command, answered `-MOVED` by the demoted one or cut off, is sent again to the new
+/// master within its own timeout: no call fails, and what was written before is there.
+/// The periodic lookup is set beyond the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_cluster_follows_a_failover() {
+    cluster_failover(0).await;
+}
+
+/// The same over the blocking connections: those to the old master are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_cluster_follows_a_failover_on_the_blocking_path() {
+    on_blocking_thread(cluster_failover(0)).await;
+}
+
+/// The same with `replica_acks = 1`: WAIT counts the shard's replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_cluster_with_replica_acks_follows_a_failover() {
+    cluster_failover(1).await;
+}
+
+async fn cluster_failover(replica_acks: u32) {
+    let mut cluster = RedisCluster::start_with_replica(CLUSTER_TAG);
+    let store = cluster_store(
+        cluster.url_away_from(CLUSTER_TAG),
+        vec![],
+        Duration::from_secs(600),
+        replica_acks,
+    );
+    let cert: Arc<[u8]> = Arc::from(&b"cert"[..]);
+    let issued = Record::Issued {
+        certificate: cert.clone(),
+    };
+    let before = key("before", b"key-a");
+    assert_eq!(store.claim(&before, LEASE).await.unwrap(), Claim::Won);
+    store
+        .issued(&before, b"issuer", &[1], cert.clone())
+        .await
+        .unwrap();
+    let password = [7u8; 32];
+    assert_eq!(
+        store
+            .put_otp(&password, &otp("alice"), Duration::from_secs(60), 5)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+    // Where the keys are: the master of the tag's slot, and nowhere else.
+    let serving = cluster.master_of(CLUSTER_TAG);
+    assert!(
+        store.endpoint().contains("the slot of {test:}"),
+        "{}",
+        store.endpoint()
+    );
+
+    cluster.wait_replicated(CLUSTER_TAG);
+    cluster.fail_over(CLUSTER_TAG);
+    assert_ne!(cluster.master_of(CLUSTER_TAG), serving);
+    let fresh = key("after", b"key-b");
+    let started = Instant::now();
+    assert_eq!(store.claim(&fresh, LEASE).await.unwrap(), Claim::Won);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    store
+        .issued(&fresh, b"issuer", &[2], cert.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&key("before", b"key-a"), LEASE).await.unwrap(),
+        Claim::Existing(issued.clone())
+    );
+    assert_eq!(
+        store.certificate(b"issuer", &[2]).await.unwrap().as_deref(),
+        Some(&b"cert"[..])
+    );
+    assert!(store.health().await.is_ok());
+    // The scripts run on the new master too, and the password is still single-use.
+    assert_eq!(store.take_otp(&password).await.unwrap(), Some(otp("alice")));
+    assert_eq!(store.take_otp(&password).await.unwrap(), None);
+}
+
+/// The URL's node is down: the topology is read from the next seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_whose_first_seed_is_down_reads_the_next() {
+    let mut cluster = RedisCluster::start();
+    let serving = cluster.master_of(CLUSTER_TAG);
+    let (down, up): (Vec<_>, Vec<_>) = cluster.masters.iter_mut().partition(|m| m.port != serving);
+    let dead = down.into_iter().next().unwrap();
+    let dead_url = dead.url();
+    dead.stop();
+    let store = cluster_store(
+        dead_url,
+        vec![format!("127.0.0.1:{}", up[0].port)],
+        Duration::from_secs(600),
+        0,
+    );
+    assert_eq!(
+        store.claim(&key("t", b"k"), LEASE).await.unwrap(),
+        Claim::Won
+    );
 }

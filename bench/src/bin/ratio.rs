@@ -149,6 +149,7 @@ fn run(pki: &Pki, requesters: &[scep_gateway::scep::client::Requester], o: &Opti
                     ttl: Duration::from_secs(600),
                     sentinel: None,
                     replica_acks: 0,
+                    cluster: None,
                 },
             )?;
             let gateway = scep_bench::gateway_with_store(pki, std::sync::Arc::new(store))?;

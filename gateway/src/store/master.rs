@@ -1,5 +1,5 @@
-//! Which Redis node the store writes to: one fixed endpoint, or the master that Redis
-//! Sentinel names.
+//! Which Redis node the store writes to: one fixed endpoint, the master that Redis
+//! Sentinel names, or the Redis Cluster master that holds the store's hash slot.
 //!
 //! - **Fixed endpoint** (a single Redis, or a managed Redis's primary endpoint, whose DNS
 //!   name follows its failovers): one URL for the life of the store. Its connection
@@ -16,6 +16,10 @@
 //!   every `recheck`, and at once when a command failed in a way a failover explains (a
 //!   dropped connection: Sentinel disconnects the clients of a master it demotes,
 //!   "Sentinel failover disconnection"; or `-READONLY`). A new address becomes a new node.
+//! - **Cluster** ([`super::cluster`]): the same task, asking a seed node which master
+//!   serves the one slot all of the store's keys hash to; besides the errors above, a
+//!   cluster's redirections (`-MOVED`, `-ASK`, `-TRYAGAIN`, `-CLUSTERDOWN`) make it look
+//!   again at once.
 //!
 //! A command that failed that way is tried once more, on the node the lookup it triggered
 //! found, within the command's own deadline (see `redis::run_async`). Every node carries a
@@ -32,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::SentinelClient;
+
+use super::cluster::Seeds;
 use redis::{Client, ErrorKind, RedisError, ServerErrorKind};
 use tokio::sync::{watch, Notify};
 
@@ -110,12 +116,40 @@ struct Shared {
     /// or swap the `Arc`, never across I/O.
     node: RwLock<Option<Arc<Node>>>,
     connections: Connections,
-    sentinel: Option<Arc<Lookups>>,
+    /// `None` for a fixed endpoint.
+    lookups: Option<Arc<Lookups>>,
 }
 
-/// The sentinel task's side of [`Master`].
+/// Who names the node: the sentinels, or a Redis Cluster's seed nodes.
+pub(super) enum Locator {
+    Sentinel(Box<SentinelClient>),
+    Cluster(Seeds),
+}
+
+impl Locator {
+    /// A client for the node that serves the store's keys now.
+    async fn locate(&mut self) -> Result<Client, String> {
+        match self {
+            Locator::Sentinel(sentinel) => {
+                sentinel.async_get_client().await.map_err(|e| e.to_string())
+            }
+            Locator::Cluster(seeds) => seeds.locate().await,
+        }
+    }
+
+    /// For logs, and the `reason` of the master-changed metric.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Locator::Sentinel(_) => ("redis sentinel", "sentinel"),
+            Locator::Cluster(_) => ("redis cluster", "cluster"),
+        }
+    }
+}
+
+/// The lookup task's side of [`Master`].
 struct Lookups {
-    /// The name the sentinels know the master by (`sentinel monitor <name> …`).
+    /// What the master is known by: the name the sentinels monitor it under
+    /// (`sentinel monitor <name> …`), or a cluster's hash slot.
     name: String,
     /// Asks the task to look again now.
     wake: Notify,
@@ -130,18 +164,17 @@ impl Master {
         Ok(Master(Arc::new(Shared {
             node: RwLock::new(Some(Arc::new(node))),
             connections,
-            sentinel: None,
+            lookups: None,
         })))
     }
 
-    /// The master `name` that `sentinel` names; looked up by a task spawned on the
+    /// The master `name` that `locator` names; looked up by a task spawned on the
     /// current tokio runtime, which ends when the last clone of the store's `Master` is
-    /// dropped. `timeout` bounds each lookup; `recheck` is how often the sentinels are
+    /// dropped. `timeout` bounds each lookup; `recheck` is how often the locator is
     /// asked while every command succeeds, which bounds how long writes can go to a master
-    /// the sentinels have replaced without our connections to it being closed (a
-    /// partition).
-    pub(super) fn sentinel(
-        sentinel: SentinelClient,
+    /// that was replaced without our connections to it being closed (a partition).
+    pub(super) fn located(
+        locator: Locator,
         name: String,
         connections: Connections,
         timeout: Duration,
@@ -155,12 +188,12 @@ impl Master {
         let shared = Arc::new(Shared {
             node: RwLock::new(None),
             connections,
-            sentinel: Some(lookups.clone()),
+            lookups: Some(lookups.clone()),
         });
-        tokio::spawn(watch_sentinels(
+        tokio::spawn(watch_locator(
             Arc::downgrade(&shared),
             lookups,
-            sentinel,
+            locator,
             timeout,
             recheck,
         ));
@@ -176,14 +209,14 @@ impl Master {
             .clone()
     }
 
-    /// The current node; before the sentinels first named one, asks them again and waits
+    /// The current node; before the locator first named one, asks it again and waits
     /// for their answer until `deadline`. Returns at once (no await point) when there is a node, so that
     /// an overlapped call still hands its command over on its first poll.
     pub(super) async fn node(&self, deadline: Instant) -> Option<Arc<Node>> {
         if let Some(node) = self.now() {
             return Some(node);
         }
-        let lookups = self.0.sentinel.as_ref()?;
+        let lookups = self.0.lookups.as_ref()?;
         let mut done = lookups.done.subscribe();
         if let Some(node) = self.now() {
             return Some(node); // found between the two looks
@@ -198,7 +231,7 @@ impl Master {
         if let Some(node) = self.now() {
             return Some(node);
         }
-        let lookups = self.0.sentinel.as_ref()?;
+        let lookups = self.0.lookups.as_ref()?;
         let done = lookups.done.subscribe();
         if let Some(node) = self.now() {
             return Some(node);
@@ -243,10 +276,10 @@ impl Master {
     fn suspect(&self, node: &Node, error: &RedisError) -> Option<Suspicion> {
         let read_only = is_read_only(error);
         let dropped = error.is_io_error() || error.is_connection_dropped();
-        if !read_only && !dropped {
+        if !read_only && !dropped && !is_redirection(error) {
             return None;
         }
-        match &self.0.sentinel {
+        match &self.0.lookups {
             Some(lookups) => {
                 let done = lookups.done.subscribe();
                 lookups.wake.notify_one();
@@ -298,6 +331,21 @@ pub(super) fn is_read_only(error: &RedisError) -> bool {
     error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
+/// A Redis Cluster's answer that the slot is served elsewhere, or not served right now
+/// (a failover or a resharding under way): `-MOVED`, `-ASK`, `-TRYAGAIN`,
+/// `-CLUSTERDOWN` (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#redirection-and-resharding>).
+fn is_redirection(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+        )
+    )
+}
+
 fn new_node(
     generation: u64,
     client: Client,
@@ -327,12 +375,12 @@ fn wait_blocking(done: &watch::Receiver<u64>, deadline: Instant) {
     }
 }
 
-/// The sentinel task: looks the master up now, every `recheck`, and whenever a
-/// command asks ([`Lookups::wake`]); adopts a new address as a new node.
-async fn watch_sentinels(
+/// The lookup task: looks the master up now, every `recheck`, and whenever a command
+/// asks ([`Lookups::wake`]); adopts a new address as a new node.
+async fn watch_locator(
     shared: Weak<Shared>,
     lookups: Arc<Lookups>,
-    mut sentinel: SentinelClient,
+    mut locator: Locator,
     timeout: Duration,
     recheck: Duration,
 ) {
@@ -341,22 +389,23 @@ async fn watch_sentinels(
         let Some(master) = shared.upgrade().map(Master) else {
             return;
         };
-        let found = tokio::time::timeout(timeout, sentinel.async_get_client()).await;
+        let found = tokio::time::timeout(timeout, locator.locate()).await;
+        let (kind, reason) = locator.kind();
         match found {
             Ok(Ok(client)) => {
                 if failing {
-                    tracing::info!(master = %lookups.name, "redis sentinel: a master is named again");
+                    tracing::info!(master = %lookups.name, "{kind}: a master is named again");
                 }
                 failing = false;
-                master.adopt(client, &lookups.name);
+                master.adopt(client, &lookups.name, kind, reason);
             }
             Ok(Err(e)) if !failing => {
                 failing = true;
-                tracing::warn!(master = %lookups.name, error = %e, "redis sentinel: no master found; the store is unavailable until one is");
+                tracing::warn!(master = %lookups.name, error = %e, "{kind}: no master found; the store is unavailable until one is");
             }
             Err(_) if !failing => {
                 failing = true;
-                tracing::warn!(master = %lookups.name, timeout_ms = timeout.as_millis() as u64, "redis sentinel: no sentinel answered in time; the store is unavailable until one does");
+                tracing::warn!(master = %lookups.name, timeout_ms = timeout.as_millis() as u64, "{kind}: no answer in time; the store is unavailable until there is one");
             }
             _ => {}
         }
@@ -371,8 +420,8 @@ async fn watch_sentinels(
 }
 
 impl Master {
-    /// The sentinels named `client`'s address: a new node unless it is the current one.
-    fn adopt(&self, client: Client, name: &str) {
+    /// The locator named `client`'s address: a new node unless it is the current one.
+    fn adopt(&self, client: Client, name: &str, kind: &'static str, reason: &'static str) {
         let address = client.get_connection_info().addr().to_string();
         let mut slot = self.0.node.write().unwrap_or_else(|e| e.into_inner());
         let generation = match slot.as_ref() {
@@ -383,16 +432,16 @@ impl Master {
         let node = match new_node(generation, client, &self.0.connections) {
             Ok(node) => node,
             Err(e) => {
-                tracing::warn!(master = %name, %address, error = %e, "redis sentinel: cannot use the master named");
+                tracing::warn!(master = %name, %address, error = %e, "{kind}: cannot use the master named");
                 return;
             }
         };
         match slot.as_ref() {
             Some(old) => {
-                tracing::warn!(master = %name, from = %old.address, to = %address, "redis sentinel: the master moved (failover); commands go to the new one");
-                super::observe::master_changed("sentinel");
+                tracing::warn!(master = %name, from = %old.address, to = %address, "{kind}: the master moved (failover); commands go to the new one");
+                super::observe::master_changed(reason);
             }
-            None => tracing::info!(master = %name, %address, "redis sentinel: master found"),
+            None => tracing::info!(master = %name, %address, "{kind}: master found"),
         }
         *slot = Some(Arc::new(node));
     }

@@ -10,6 +10,7 @@
 //! [`redis::RedisStore`] (same trait) serves a fleet of replicas behind a load balancer,
 //! so that a retry landing on another replica is answered from the same record.
 
+mod cluster;
 mod codec;
 mod master;
 pub mod memory;

@@ -69,7 +69,8 @@ use redis::aio::ConnectionManagerConfig;
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError};
 
-use super::master::{Connections, Lane, Master, Node};
+use super::cluster::Seeds;
+use super::master::{Connections, Lane, Locator, Master, Node};
 use super::overlap::{Orphan, Overlapped};
 use super::{
     codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Revocation, Store, TransactionKey,
@@ -125,6 +126,19 @@ pub struct RedisSettings {
     /// Replicas that must acknowledge each write before it counts (`WAIT`); 0: none,
     /// the master's acknowledgement is enough.
     pub replica_acks: u32,
+    /// `url` is a node of a Redis Cluster: the store's keys share one hash slot, and
+    /// the master serving it is looked up ([`super::cluster`]).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// A Redis Cluster's further seed nodes, and how often its topology is read again.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// `host:port` of more nodes to read the topology from, after the URL's.
+    pub nodes: Vec<String>,
+    /// How often the topology is read while every command succeeds (it is also read at
+    /// once after a redirection or a dropped connection).
+    pub recheck: Duration,
 }
 
 /// `WAIT replicas timeout` after each write that matters: the write counts once that
@@ -189,6 +203,7 @@ impl std::fmt::Debug for RedisSettings {
                 &self.sentinel.as_ref().map(|s| (&s.master, &s.nodes)),
             )
             .field("replica_acks", &self.replica_acks)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -269,16 +284,45 @@ impl RedisStore {
                 0
             },
         };
-        let (master, endpoint) = match &settings.sentinel {
-            None => (
+        // In a cluster every key carries the prefix as its hash tag (see `cluster`).
+        let prefix = match &settings.cluster {
+            Some(_) => format!("{{{}}}", settings.key_prefix),
+            None => settings.key_prefix,
+        };
+        let (master, endpoint) = match (&settings.sentinel, &settings.cluster) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Unavailable(format!(
+                    "redis store {endpoint}: Sentinel and Cluster exclude each other"
+                )))
+            }
+            (None, Some(cluster)) => {
+                if client.get_connection_info().redis_settings().db() != 0 {
+                    return Err(Error::Unavailable(format!(
+                        "redis store {endpoint}: a Redis Cluster has only database 0"
+                    )));
+                }
+                let seeds = Seeds::new(&client, &cluster.nodes, prefix.clone()).map_err(invalid)?;
+                let slot = format!("the slot of {prefix}");
+                let master = Master::located(
+                    Locator::Cluster(seeds),
+                    slot.clone(),
+                    connections,
+                    settings.command_timeout,
+                    cluster.recheck,
+                );
+                let mut seeds = vec![endpoint];
+                seeds.extend(cluster.nodes.iter().cloned());
+                (master, format!("cluster {} ({slot})", seeds.join(",")))
+            }
+            (None, None) => (
                 Master::fixed(client, connections).map_err(invalid)?,
                 endpoint,
             ),
-            Some(sentinel) => {
+            (Some(sentinel), None) => {
                 let located = sentinel_client(&client, sentinel, settings.tls_ca_pem.as_deref())
                     .map_err(invalid)?;
-                let master = Master::sentinel(
-                    located,
+                let master = Master::located(
+                    Locator::Sentinel(Box::new(located)),
                     sentinel.master.clone(),
                     connections,
                     settings.command_timeout,
@@ -296,7 +340,7 @@ impl RedisStore {
             master,
             idle: std::sync::Mutex::new(Vec::new()),
             endpoint,
-            prefix: settings.key_prefix,
+            prefix,
             timeout: settings.command_timeout,
             ttl: settings.ttl,
             acks: ReplicaAcks::new(settings.replica_acks, settings.command_timeout),
@@ -440,7 +484,7 @@ impl RedisStore {
             ),
             Failure::Redis(e) => format!("redis store {}: {op}: {e}", self.endpoint),
             Failure::NoMaster => format!(
-                "redis store {}: {op}: the sentinels name no master",
+                "redis store {}: {op}: no master is known (the sentinels or the cluster name none)",
                 self.endpoint
             ),
             Failure::Unreplicated { acked, wanted } => format!(
@@ -585,7 +629,8 @@ impl RedisStore {
             Command::Pipe(p) | Command::Waiting(p, _) => p.get_packed_pipeline(),
             Command::Script(_) => return None,
         };
-        let node = self.master.now()?;
+        // Before a locator first named the master, waits for it (as `call_blocking` does).
+        let node = self.master.node_blocking(deadline)?;
         let mut connection = match self.idle_connection(node.generation) {
             Some(c) => c,
             None => connect_blocking(&node, deadline).ok()?,
@@ -1474,6 +1519,7 @@ mod tests {
             command_timeout: Duration::from_millis(100),
             ttl: Duration::from_secs(60),
             replica_acks: 0,
+            cluster: None,
             sentinel: Some(SentinelSettings {
                 master: "scep".into(),
                 nodes: vec!["10.0.0.1:26379".into()],
@@ -1510,6 +1556,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             sentinel: None,
             replica_acks: 0,
+            cluster: None,
         })
         .unwrap();
         let id = crate::scep::message::TransactionId::new("t".into()).unwrap();

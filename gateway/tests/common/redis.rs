@@ -601,3 +601,209 @@ fn relay(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
 }
+
+/// Redis Cluster in miniature: three masters sharing the 16,384 slots (0–5460,
+/// 5461–10922, 10923–16383), on loopback, and optionally a replica of the master that
+/// serves a given key. Built by hand (`CLUSTER ADDSLOTSRANGE`, `MEET`, `REPLICATE`) so
+/// that it is ready in well under a second.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+    pub replica: Option<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        let masters: Vec<RedisServer> = ranges
+            .iter()
+            .map(|_| RedisServer::start_with(cluster_args()))
+            .collect();
+        for (server, (first, last)) in masters.iter().zip(ranges) {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query(&mut connect(server.port, None))
+                .unwrap();
+        }
+        let cluster = RedisCluster {
+            masters,
+            replica: None,
+        };
+        for other in &cluster.masters[1..] {
+            cluster.meet(other.port);
+        }
+        let ports: Vec<u16> = cluster.masters.iter().map(|m| m.port).collect();
+        for port in ports {
+            wait_for(
+                || cluster_info(port).contains("cluster_state:ok"),
+                "cluster state ok",
+            );
+        }
+        cluster
+    }
+
+    /// [`RedisCluster::start`] with a replica of the master serving `key`, in sync.
+    pub fn start_with_replica(key: &str) -> RedisCluster {
+        let mut cluster = RedisCluster::start();
+        let master = cluster.master_of(key);
+        let master_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut connect(master, None))
+            .unwrap();
+        let replica = RedisServer::start_with(cluster_args());
+        cluster.meet(replica.port);
+        let port = replica.port;
+        wait_for(
+            || {
+                redis::cmd("CLUSTER")
+                    .arg("REPLICATE")
+                    .arg(&master_id)
+                    .query::<()>(&mut connect(port, None))
+                    .is_ok()
+            },
+            "the replica knows its master",
+        );
+        wait_for(
+            || {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query::<String>(&mut connect(port, None))
+                    .unwrap()
+                    .contains("master_link_status:up")
+            },
+            "the replica is in sync",
+        );
+        cluster.replica = Some(replica);
+        cluster
+    }
+
+    /// The URL of a node that does not serve `key`'s slot: a store seeded there must
+    /// find the right one.
+    pub fn url_away_from(&self, key: &str) -> String {
+        let serving = self.master_of(key);
+        let other = self.masters.iter().find(|m| m.port != serving).unwrap();
+        other.url()
+    }
+
+    /// The port of the master serving `key`'s slot, as the first master sees it.
+    pub fn master_of(&self, key: &str) -> u16 {
+        self.master_of_as_seen_by(self.masters[0].port, key)
+    }
+
+    fn master_of_as_seen_by(&self, port: u16, key: &str) -> u16 {
+        let mut connection = connect(port, None);
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap();
+        let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<Vec<redis::Value>>(&mut connection)
+            .unwrap()
+            .into_iter()
+            .map(|range| {
+                let redis::Value::Array(fields) = range else {
+                    panic!("CLUSTER SLOTS: {range:?}")
+                };
+                let start: i64 = redis::from_redis_value(fields[0].clone()).unwrap();
+                let end: i64 = redis::from_redis_value(fields[1].clone()).unwrap();
+                let redis::Value::Array(master) = &fields[2] else {
+                    panic!("CLUSTER SLOTS: {fields:?}")
+                };
+                let host: String = redis::from_redis_value(master[0].clone()).unwrap();
+                let port: i64 = redis::from_redis_value(master[1].clone()).unwrap();
+                (start, end, (host, port))
+            })
+            .collect();
+        let (_, _, (_, port)) = ranges
+            .into_iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .expect("the slot is served");
+        port as u16
+    }
+
+    /// A manual failover (`CLUSTER FAILOVER` on the replica): the replica becomes the
+    /// master of `key`'s slot, and every master agrees.
+    pub fn fail_over(&mut self, key: &str) {
+        let replica = self.replica.as_ref().expect("a replica").port;
+        let old = self.master_of(key);
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut connect(replica, None))
+            .unwrap();
+        let ports: Vec<u16> = self.masters.iter().map(|m| m.port).collect();
+        for port in ports {
+            wait_for(
+                || self.master_of_as_seen_by(port, key) == replica,
+                "the cluster names the new master",
+            );
+        }
+        // The two swap roles: the old master now replicates from the new one.
+        let i = self.masters.iter().position(|m| m.port == old).unwrap();
+        let promoted = self.replica.take().unwrap();
+        let demoted = std::mem::replace(&mut self.masters[i], promoted);
+        self.replica = Some(demoted);
+    }
+
+    /// A write in `key`'s slot, then `WAIT 1` on its master: the replica has everything.
+    pub fn wait_replicated(&self, key: &str) {
+        let copies: i64 = redis::pipe()
+            .cmd("SET")
+            .arg(format!("{key}harness:in-sync"))
+            .arg(1)
+            .ignore()
+            .cmd("WAIT")
+            .arg(1)
+            .arg(15000)
+            .query::<(i64,)>(&mut connect(self.master_of(key), None))
+            .unwrap()
+            .0;
+        assert_eq!(copies, 1, "the replica did not catch up");
+    }
+
+    fn meet(&self, port: u16) {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(port)
+            .query(&mut connect(self.masters[0].port, None))
+            .unwrap();
+    }
+}
+
+fn cluster_args() -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+        // A master stopped on purpose must not stop the others' slots.
+        "--cluster-require-full-coverage",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn cluster_info(port: u16) -> String {
+    redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query(&mut connect(port, None))
+        .unwrap_or_default()
+}
+
+/// Polls `done` every 20 ms for up to 20 s.
+fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis cluster: timed out waiting until {what}");
+}
