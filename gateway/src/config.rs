@@ -992,6 +992,11 @@ max_transactions = 50000
 # nodes = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"]
 # password_env = "SCEP_SENTINEL_PASSWORD"   # the sentinels' own requirepass, if any
 # tls = true                          # the sentinels' tls-port (the master: rediss://)
+# Redis Cluster (ElastiCache Serverless or cluster mode, Memorystore for Redis Cluster, a
+# self-managed cluster): url/url_env names one node or the configuration endpoint. Every
+# key then carries key_prefix as its hash tag ({{scep:}}...): all of them sit on one shard.
+# [store.cluster]
+# nodes = ["10.0.0.2:6379", "10.0.0.3:6379"]   # more seeds, if the URL's node is down
 "#
     )
 }

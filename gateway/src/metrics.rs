@@ -131,7 +131,7 @@ fn describe() {
     );
     describe_counter!(
         STORE_MASTER_CHANGES,
-        "Redis store moved to another node: the master Sentinel names changed (sentinel), or a fixed endpoint answered READONLY and was connected again (readonly)"
+        "Redis store moved to another node: the master Sentinel names changed (sentinel), the cluster master serving the store's slot changed (cluster), or a fixed endpoint answered READONLY and was connected again (readonly)"
     );
     describe_counter!(
         STORE_UNREPLICATED,

@@ -1576,4 +1576,68 @@ mod tests {
             "scep:tx:n:t"
         );
     }
+
+    fn cluster_settings(url: &str) -> RedisSettings {
+        RedisSettings {
+            url: url.into(),
+            tls_ca_pem: None,
+            key_prefix: "scep:".into(),
+            command_timeout: Duration::from_millis(100),
+            ttl: Duration::from_secs(60),
+            sentinel: None,
+            replica_acks: 0,
+            cluster: Some(ClusterSettings {
+                nodes: vec![],
+                recheck: Duration::from_secs(5),
+            }),
+        }
+    }
+
+    /// In a cluster every key, of every kind, carries the same hash tag: the store's
+    /// pipelines (record + certificate) and scripts (password + requester's set) must
+    /// stay within one slot.
+    #[test]
+    fn in_a_cluster_every_key_carries_the_prefix_as_its_hash_tag() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let store = RedisStore::connect(cluster_settings("redis://127.0.0.1:1")).unwrap();
+        let id = crate::scep::message::TransactionId::new("t".into()).unwrap();
+        let keys = [
+            store.transaction_key(&TransactionKey::new(id.clone(), b"k", None)),
+            store.transaction_key(&TransactionKey::new(id, b"k", Some(b"old"))),
+            store.certificate_key(b"issuer", &[1]),
+            store.revocations_key(b"issuer"),
+            store.otp_key(&[0; 32]),
+            store.otp_requester_key("alice"),
+        ];
+        for key in keys {
+            assert!(key.starts_with("{scep:}"), "{key}");
+        }
+        assert!(store.endpoint().contains("cluster"), "{}", store.endpoint());
+    }
+
+    #[test]
+    fn a_cluster_has_database_0_only_and_no_sentinel() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let err = RedisStore::connect(cluster_settings("redis://127.0.0.1:1/3")).unwrap_err();
+        assert!(err.to_string().contains("database 0"), "{err}");
+        let mut both = cluster_settings("redis://127.0.0.1:1");
+        both.sentinel = Some(SentinelSettings {
+            master: "m".into(),
+            nodes: vec!["127.0.0.1:2".into()],
+            username: None,
+            password: None,
+            recheck: Duration::from_secs(5),
+            tls: false,
+        });
+        let err = RedisStore::connect(both).unwrap_err();
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+    }
 }
