@@ -1349,3 +1349,65 @@ async fn a_cluster_store_whose_first_seed_is_down_reads_the_next() {
         Claim::Won
     );
 }
+
+/// The master serving the store's slot dies (no replica to take over): every call fails
+/// within the timeout (HTTP 503), none hangs, readiness is false; the master back on its
+/// port (with its cluster configuration, without data): the store works again, with no
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_whose_master_dies_is_unavailable_in_time_then_recovers() {
+    let mut cluster = RedisCluster::start();
+    let timeout = Duration::from_millis(500);
+    let store = RedisStore::connect(RedisSettings {
+        url: cluster.url_away_from(CLUSTER_TAG),
+        tls_ca_pem: None,
+        key_prefix: "test:".into(),
+        command_timeout: timeout,
+        ttl: Duration::from_secs(60),
+        sentinel: None,
+        replica_acks: 0,
+        cluster: Some(ClusterSettings {
+            nodes: vec![],
+            recheck: Duration::from_secs(600),
+        }),
+    })
+    .unwrap();
+    let k = key("cluster-outage", b"key-a");
+    assert_eq!(store.claim(&k, LEASE).await.unwrap(), Claim::Won);
+
+    let serving = cluster.master_of(CLUSTER_TAG);
+    let master = cluster
+        .masters
+        .iter_mut()
+        .find(|m| m.port == serving)
+        .unwrap();
+    master.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let claimed = store.claim(&key("cluster-outage-2", b"k"), LEASE).await;
+        assert!(matches!(claimed, Err(Error::Unavailable(_))), "{claimed:?}");
+        assert!(
+            started.elapsed() < timeout * 2,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(store.health().await.is_err());
+    }
+
+    master.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the store did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.claim(&k, LEASE).await {
+            // The restarted master is empty (no persistence): the claim is new.
+            Ok(claim) => break assert_eq!(claim, Claim::Won),
+            // Until the cluster has taken the node back (`-CLUSTERDOWN`).
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
