@@ -1411,3 +1411,32 @@ async fn a_cluster_store_whose_master_dies_is_unavailable_in_time_then_recovers(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A managed service in cluster mode (ElastiCache Serverless takes TLS only): `rediss://`
+/// with a private CA and a password, seeded away from the slot. The topology is read over
+/// TLS, so the master is reached on its TLS port, with the URL's password and CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_a_password() {
+    let cluster = RedisCluster::start_tls("s3cret-pw");
+    let (url, ca_pem) = cluster.tls_url_away_from(CLUSTER_TAG);
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(RedisSettings {
+            url,
+            tls_ca_pem: Some(ca_pem),
+            key_prefix: "test:".into(),
+            command_timeout: Duration::from_secs(2),
+            ttl: Duration::from_secs(60),
+            sentinel: None,
+            replica_acks: 0,
+            cluster: Some(ClusterSettings {
+                nodes: vec![],
+                recheck: Duration::from_secs(600),
+            }),
+        })
+        .unwrap(),
+    );
+    a_claim_is_won_once_then_replayed(store.clone()).await;
+    a_one_time_password_is_taken_once(store.clone()).await;
+    assert!(!format!("{store:?}").contains("s3cret-pw"));
+    drop(cluster);
+}

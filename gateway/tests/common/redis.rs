@@ -51,12 +51,17 @@ impl RedisServer {
     /// `openssl` CLI; certificate for IP 127.0.0.1) and a password. The plain port stays
     /// open (for the readiness ping only; it needs the password like the TLS one).
     pub fn start_tls(password: &str) -> RedisServer {
+        RedisServer::start_tls_with(password, Vec::new())
+    }
+
+    /// [`RedisServer::start_tls`] with extra arguments.
+    pub fn start_tls_with(password: &str, extra: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         super::tls_files(dir.path());
         let ca_pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
         let tls_port = free_port();
         let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-        let args = vec![
+        let mut args = vec![
             "--tls-port".into(),
             tls_port.to_string(),
             "--tls-cert-file".into(),
@@ -70,6 +75,7 @@ impl RedisServer {
             "--requirepass".into(),
             password.into(),
         ];
+        args.extend(extra);
         let mut server = RedisServer {
             dir,
             port: free_port(),
@@ -609,38 +615,108 @@ fn relay(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
     pub replica: Option<RedisServer>,
+    /// Every node's `requirepass` (TLS clusters only).
+    password: Option<String>,
+    /// TLS clusters: the certificates every node shares, `ca.pem` among them.
+    certificates: Option<tempfile::TempDir>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_nodes(None, || RedisServer::start_with(cluster_args()))
+    }
+
+    /// As managed services in cluster mode run it: TLS for clients and between the nodes
+    /// (`tls-cluster`, so that `CLUSTER SLOTS` asked over TLS names the TLS ports), and a
+    /// password. The plain ports stay open for the harness. The nodes share one CA, and
+    /// present a client certificate to each other: the cluster bus always asks for one.
+    pub fn start_tls(password: &str) -> RedisCluster {
+        let certificates = tempfile::tempdir().unwrap();
+        let dir = certificates.path();
+        super::tls_files(dir);
+        super::issue_leaf(
+            dir,
+            "node",
+            "/CN=cluster node",
+            "extendedKeyUsage=clientAuth\n",
+        );
+        let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let mut args = cluster_args();
+        args.extend(["--tls-cluster".into(), "yes".into()]);
+        // Given after the server's own files: the later setting wins.
+        for (setting, name) in [
+            ("--tls-cert-file", "server.pem"),
+            ("--tls-key-file", "server.key"),
+            ("--tls-ca-cert-file", "ca.pem"),
+            ("--tls-client-cert-file", "node.pem"),
+            ("--tls-client-key-file", "node.key"),
+        ] {
+            args.extend([setting.to_string(), file(name)]);
+        }
+        let mut cluster = RedisCluster::start_nodes(Some(password.into()), || {
+            RedisServer::start_tls_with(password, args.clone())
+        });
+        cluster.certificates = Some(certificates);
+        cluster
+    }
+
+    fn start_nodes(password: Option<String>, start: impl Fn() -> RedisServer) -> RedisCluster {
         let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
-        let masters: Vec<RedisServer> = ranges
-            .iter()
-            .map(|_| RedisServer::start_with(cluster_args()))
-            .collect();
+        let masters: Vec<RedisServer> = ranges.iter().map(|_| start()).collect();
         for (server, (first, last)) in masters.iter().zip(ranges) {
             let _: () = redis::cmd("CLUSTER")
                 .arg("ADDSLOTSRANGE")
                 .arg(first)
                 .arg(last)
-                .query(&mut connect(server.port, None))
+                .query(&mut connect(server.port, password.as_deref()))
                 .unwrap();
         }
         let cluster = RedisCluster {
             masters,
             replica: None,
+            password,
+            certificates: None,
         };
         for other in &cluster.masters[1..] {
-            cluster.meet(other.port);
+            cluster.meet(other);
         }
         let ports: Vec<u16> = cluster.masters.iter().map(|m| m.port).collect();
         for port in ports {
+            // Every node knows the others and sees every slot served (`cluster_state:ok`
+            // alone proves little with `cluster-require-full-coverage no`).
             wait_for(
-                || cluster_info(port).contains("cluster_state:ok"),
-                "cluster state ok",
+                || {
+                    let info = cluster.info(port);
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_known_nodes:3\r\n")
+                        && info.contains("cluster_slots_ok:16384\r\n")
+                },
+                "every node sees the whole cluster",
             );
         }
         cluster
+    }
+
+    /// The `rediss://` URL (with the password) of a node that does not serve `key`'s
+    /// slot, and the CA its certificate chains to.
+    pub fn tls_url_away_from(&self, key: &str) -> (String, Vec<u8>) {
+        let serving = self.master_of(key);
+        let other = self.masters.iter().find(|m| m.port != serving).unwrap();
+        let (tls_port, _) = other.tls.clone().expect("a TLS cluster");
+        let ca_pem =
+            std::fs::read(self.certificates.as_ref().unwrap().path().join("ca.pem")).unwrap();
+        let password = self.password.as_deref().unwrap_or_default();
+        (
+            format!("rediss://default:{password}@127.0.0.1:{tls_port}/0"),
+            ca_pem,
+        )
+    }
+
+    fn info(&self, port: u16) -> String {
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query(&mut connect(port, self.password.as_deref()))
+            .unwrap_or_default()
     }
 
     /// [`RedisCluster::start`] with a replica of the master serving `key`, in sync.
@@ -652,7 +728,7 @@ impl RedisCluster {
             .query(&mut connect(master, None))
             .unwrap();
         let replica = RedisServer::start_with(cluster_args());
-        cluster.meet(replica.port);
+        cluster.meet(&replica);
         let port = replica.port;
         wait_for(
             || {
@@ -692,7 +768,7 @@ impl RedisCluster {
     }
 
     fn master_of_as_seen_by(&self, port: u16, key: &str) -> u16 {
-        let mut connection = connect(port, None);
+        let mut connection = connect(port, self.password.as_deref());
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -763,12 +839,18 @@ impl RedisCluster {
         assert_eq!(copies, 1, "the replica did not catch up");
     }
 
-    fn meet(&self, port: u16) {
+    /// Introduces `node` to the first master. With `tls-cluster` a node's cluster port
+    /// is its TLS port + 10,000, so that is the port to name.
+    fn meet(&self, node: &RedisServer) {
+        let port = node
+            .tls
+            .as_ref()
+            .map_or(node.port, |(tls_port, _)| *tls_port);
         let _: () = redis::cmd("CLUSTER")
             .arg("MEET")
             .arg("127.0.0.1")
             .arg(port)
-            .query(&mut connect(self.masters[0].port, None))
+            .query(&mut connect(self.masters[0].port, self.password.as_deref()))
             .unwrap();
     }
 }
@@ -787,13 +869,6 @@ fn cluster_args() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-fn cluster_info(port: u16) -> String {
-    redis::cmd("CLUSTER")
-        .arg("INFO")
-        .query(&mut connect(port, None))
-        .unwrap_or_default()
 }
 
 /// Polls `done` every 20 ms for up to 20 s.
