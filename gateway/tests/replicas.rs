@@ -555,6 +555,24 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
         )],
         ..Options::default()
     });
+    let log_check =
+        |log: &str| assert!(!log.contains(&group.password), "the password is in the log");
+    fleet_follows_a_failover(&pki, "sentinel", log_check, || {
+        group.wait_replicated();
+        group.fail_over();
+    });
+}
+
+/// Two gateway replicas of `pki` enroll a device; `fail_over` moves the store's master;
+/// the device's retry on the other replica is answered from the store with the same
+/// certificate, a new device enrolls on both, both stay ready and healthy, and each
+/// logged and counted one move of the master (`reason`); `check_log` looks at each log.
+fn fleet_follows_a_failover(
+    pki: &Pki,
+    reason: &str,
+    check_log: impl Fn(&str),
+    fail_over: impl FnOnce(),
+) {
     let mut replicas = [pki.serve(), pki.serve()];
     let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
     let certs = client::ca_certificates(&answer.body).unwrap();
@@ -567,8 +585,7 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
     let (spec, message) = first.pkcsreq(&ra);
     let (serial, _) = issued(&first.exchange(replicas[0].addr, &spec, &message));
 
-    group.wait_replicated();
-    group.fail_over();
+    fail_over();
 
     let retry = first.exchange(replicas[1].addr, &spec, &message);
     assert_success(&retry);
@@ -587,8 +604,8 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
     for replica in &replicas {
         let log = replica.log();
         assert!(log.contains("the master moved"), "{log}");
-        assert!(!log.contains(&group.password), "the password is in the log");
-        let moved = [("reason", "sentinel")];
+        check_log(&log);
+        let moved = [("reason", reason)];
         let text = common::scrape(replica.addr);
         assert_eq!(
             common::must(&text, "scep_store_master_changes_total", &moved),
@@ -597,10 +614,8 @@ fn a_fleet_behind_sentinel_follows_a_failover() {
     }
 }
 
-/// Redis Cluster, seeded at a node that does not serve the store's slot: two replicas
-/// enroll a device; the slot's master fails over to its replica; the device's retry on
-/// the other gateway replica is answered from the store with the same certificate, a new
-/// device enrolls on both, and both stay ready, with no restart.
+/// The same on a Redis Cluster, seeded at a node that does not serve the store's slot:
+/// the slot's master fails over to its replica.
 #[test]
 fn a_fleet_on_a_redis_cluster_follows_a_failover() {
     // The default key prefix `scep:` is the keys' hash tag.
@@ -614,48 +629,11 @@ fn a_fleet_on_a_redis_cluster_follows_a_failover() {
         ],
         ..Options::default()
     });
-    let mut replicas = [pki.serve(), pki.serve()];
-    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
-    let certs = client::ca_certificates(&answer.body).unwrap();
-    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
-    for replica in &replicas {
-        wait_ready(replica.addr, 200, Duration::from_secs(10));
-    }
-
-    let first = Device::new("before-cluster-failover");
-    let (spec, message) = first.pkcsreq(&ra);
-    let (serial, _) = issued(&first.exchange(replicas[0].addr, &spec, &message));
-
-    cluster.wait_replicated(TAG);
-    cluster.fail_over(TAG);
-
-    let retry = first.exchange(replicas[1].addr, &spec, &message);
-    assert_success(&retry);
-    assert_eq!(
-        issued(&retry).0,
-        serial,
-        "the retry got another certificate"
-    );
-    let second = Device::new("after-cluster-failover");
-    for replica in &mut replicas {
-        let (spec, message) = second.pkcsreq(&ra);
-        assert_success(&second.exchange(replica.addr, &spec, &message));
-        wait_ready(replica.addr, 200, Duration::from_secs(5));
-        replica.assert_healthy();
-    }
-    for replica in &replicas {
-        let log = replica.log();
-        assert!(log.contains("redis cluster: the master moved"), "{log}");
-        let text = common::scrape(replica.addr);
-        assert_eq!(
-            common::must(
-                &text,
-                "scep_store_master_changes_total",
-                &[("reason", "cluster")]
-            ),
-            1.0
-        );
-    }
+    let check_log = |log: &str| assert!(log.contains("redis cluster: the master moved"), "{log}");
+    fleet_follows_a_failover(&pki, "cluster", check_log, || {
+        cluster.wait_replicated(TAG);
+        cluster.fail_over(TAG);
+    });
 }
 
 /// `store.replica_acks = 1`: while the replica hangs, a PKCSReq gets HTTP 503 in time

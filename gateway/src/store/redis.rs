@@ -1543,10 +1543,7 @@ mod tests {
     #[test]
     fn renewals_and_first_enrollments_never_share_a_key() {
         // A transactionID that looks like a renewal key must not collide with one.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let store = RedisStore::connect(RedisSettings {
             url: "redis://127.0.0.1:1".into(),
@@ -1577,6 +1574,14 @@ mod tests {
         );
     }
 
+    /// `RedisStore::connect` spawns its tasks on the current runtime.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn cluster_settings(url: &str) -> RedisSettings {
         RedisSettings {
             url: url.into(),
@@ -1598,10 +1603,7 @@ mod tests {
     /// stay within one slot.
     #[test]
     fn in_a_cluster_every_key_carries_the_prefix_as_its_hash_tag() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let store = RedisStore::connect(cluster_settings("redis://127.0.0.1:1")).unwrap();
         let id = crate::scep::message::TransactionId::new("t".into()).unwrap();
@@ -1621,10 +1623,7 @@ mod tests {
 
     #[test]
     fn a_cluster_has_database_0_only_and_no_sentinel() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let err = RedisStore::connect(cluster_settings("redis://127.0.0.1:1/3")).unwrap_err();
         assert!(err.to_string().contains("database 0"), "{err}");
