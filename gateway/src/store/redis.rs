@@ -1545,17 +1545,9 @@ mod tests {
         // A transactionID that looks like a renewal key must not collide with one.
         let rt = runtime();
         let _guard = rt.enter();
-        let store = RedisStore::connect(RedisSettings {
-            url: "redis://127.0.0.1:1".into(),
-            tls_ca_pem: None,
-            key_prefix: "scep:".into(),
-            command_timeout: Duration::from_millis(100),
-            ttl: Duration::from_secs(60),
-            sentinel: None,
-            replica_acks: 0,
-            cluster: None,
-        })
-        .unwrap();
+        let mut settings = cluster_settings("redis://127.0.0.1:1");
+        settings.cluster = None;
+        let store = RedisStore::connect(settings).unwrap();
         let id = crate::scep::message::TransactionId::new("t".into()).unwrap();
         let renewal = TransactionKey::new(id.clone(), b"k", Some(b"old"));
         let forged_id = format!("r:{}:t", hex::encode(renewal.renewing.unwrap()));
@@ -1582,6 +1574,7 @@ mod tests {
             .unwrap()
     }
 
+    /// Settings for a Redis Cluster at `url` (none listens there: nothing is sent).
     fn cluster_settings(url: &str) -> RedisSettings {
         RedisSettings {
             url: url.into(),
