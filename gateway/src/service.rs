@@ -433,7 +433,11 @@ pub fn build_store(config: &StoreConfig) -> Result<Arc<dyn Store>, ConfigError> 
                 setting: "store.url",
                 reason: e.to_string(),
             })?;
-            tracing::info!(endpoint = store.endpoint(), prefix = %config.key_prefix, "redis transaction store");
+            tracing::info!(
+                endpoint = store.endpoint(),
+                prefix = store.prefix(),
+                "redis transaction store"
+            );
             Ok(Arc::new(store))
         }
     }

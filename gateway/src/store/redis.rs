@@ -353,6 +353,11 @@ impl RedisStore {
         &self.endpoint
     }
 
+    /// What every key starts with: `key_prefix`, in braces on a cluster (its hash tag).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn transaction_key(&self, key: &TransactionKey) -> String {
         let kind = if key.resubmission { "resubmit" } else { "tx" };
         match &key.renewing {
