@@ -1405,3 +1405,30 @@ async fn a_cluster_over_tls_with_a_password() {
     assert!(!format!("{store:?}").contains("s3cret-pw"));
     drop(cluster);
 }
+
+/// The URL's node hangs (frozen: it accepts connections and answers nothing): the lookup
+/// gives it its share of the timeout and reads the topology from the next seed, so the
+/// first call still succeeds within the command timeout (the default, 1 s: as long as
+/// the `redis` crate's own connection timeout, so without the share the hung seed would
+/// take the whole of every lookup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_whose_first_seed_hangs_reads_the_next_in_time() {
+    let cluster = RedisCluster::start();
+    let serving = cluster.master_of(CLUSTER_TAG);
+    let (hung, up): (Vec<_>, Vec<_>) = cluster.masters.iter().partition(|m| m.port != serving);
+    let hung = hung[0];
+    hung.pause();
+    let mut settings = cluster_settings(
+        hung.url(),
+        vec![format!("127.0.0.1:{}", up[0].port)],
+        Duration::from_secs(600),
+        0,
+    );
+    settings.command_timeout = Duration::from_secs(1);
+    let store = RedisStore::connect(settings).unwrap();
+    assert_eq!(
+        store.claim(&key("t", b"k"), LEASE).await.unwrap(),
+        Claim::Won
+    );
+    hung.resume();
+}

@@ -18,6 +18,8 @@
 //! else (ElastiCache Serverless, Memorystore for Redis Cluster) and for operators who
 //! run a cluster anyway; it spreads nothing over the shards.
 
+use std::time::Duration;
+
 use redis::{Client, ConnectionAddr, ConnectionInfo, Value};
 
 /// The seed nodes a cluster's topology is read from, and the slot the store's keys are
@@ -30,12 +32,22 @@ pub(super) struct Seeds {
     tag: String,
     /// Asked once: it depends only on the tag.
     slot: Option<u16>,
+    /// How long one seed may take to answer before the next is asked: the lookup's
+    /// timeout shared out, so that a seed that hangs (not one that refuses) leaves time
+    /// for the others.
+    per_seed: Duration,
 }
 
 impl Seeds {
     /// `url` names the first seed and how to talk to every node (TLS, user, password);
     /// `nodes` (`host:port`) are further seeds, tried in order when it does not answer.
-    pub(super) fn new(url: &Client, nodes: &[String], tag: String) -> redis::RedisResult<Self> {
+    /// `timeout` bounds a whole lookup.
+    pub(super) fn new(
+        url: &Client,
+        nodes: &[String],
+        tag: String,
+        timeout: Duration,
+    ) -> redis::RedisResult<Self> {
         let info = url.get_connection_info();
         let mut seeds = vec![url.clone()];
         for node in nodes {
@@ -47,10 +59,12 @@ impl Seeds {
             })?;
             seeds.push(Client::open(at(info, host, port))?);
         }
+        let per_seed = timeout / seeds.len() as u32;
         Ok(Seeds {
             seeds,
             tag,
             slot: None,
+            per_seed,
         })
     }
 
@@ -59,12 +73,13 @@ impl Seeds {
     pub(super) async fn locate(&mut self) -> Result<Client, String> {
         let mut last = String::from("no seed node");
         for seed in &self.seeds {
-            match ask(seed, &self.tag, &mut self.slot).await {
-                Ok(client) => return Ok(client),
-                Err(e) => {
-                    last = format!("{}: {e}", seed.get_connection_info().addr());
-                }
-            }
+            let asked = tokio::time::timeout(self.per_seed, ask(seed, &self.tag, &mut self.slot));
+            let error = match asked.await {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {} ms", self.per_seed.as_millis()),
+            };
+            last = format!("{}: {error}", seed.get_connection_info().addr());
         }
         Err(last)
     }

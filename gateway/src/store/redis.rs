@@ -301,7 +301,13 @@ impl RedisStore {
                         "redis store {endpoint}: a Redis Cluster has only database 0"
                     )));
                 }
-                let seeds = Seeds::new(&client, &cluster.nodes, prefix.clone()).map_err(invalid)?;
+                let seeds = Seeds::new(
+                    &client,
+                    &cluster.nodes,
+                    prefix.clone(),
+                    settings.command_timeout,
+                )
+                .map_err(invalid)?;
                 let slot = format!("the slot of {prefix}");
                 let master = Master::located(
                     Locator::Cluster(seeds),
