@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::SentinelClient;
-
-use super::cluster::Seeds;
 use redis::{Client, ErrorKind, RedisError, ServerErrorKind};
 use tokio::sync::{watch, Notify};
+
+use super::cluster::Seeds;
 
 /// The shortest gap between two lookups: a burst of failed commands asks once.
 const LOOKUP_GAP: Duration = Duration::from_millis(50);
@@ -112,7 +112,7 @@ pub(super) struct Connections {
 pub(super) struct Master(Arc<Shared>);
 
 struct Shared {
-    /// `None` only before the sentinels first named a master. The lock is held to read
+    /// `None` only before the locator first named a master. The lock is held to read
     /// or swap the `Arc`, never across I/O.
     node: RwLock<Option<Arc<Node>>>,
     connections: Connections,
@@ -210,7 +210,7 @@ impl Master {
     }
 
     /// The current node; before the locator first named one, asks it again and waits
-    /// for their answer until `deadline`. Returns at once (no await point) when there is a node, so that
+    /// for its answer until `deadline`. Returns at once (no await point) when there is a node, so that
     /// an overlapped call still hands its command over on its first poll.
     pub(super) async fn node(&self, deadline: Instant) -> Option<Arc<Node>> {
         if let Some(node) = self.now() {
@@ -322,7 +322,7 @@ impl Master {
 enum Suspicion {
     /// Try again on this node.
     Moved(Arc<Node>),
-    /// A sentinel lookup was asked for; this changes when it is done.
+    /// A lookup (sentinels or cluster) was asked for; this changes when it is done.
     LookingUp(watch::Receiver<u64>),
 }
 
