@@ -1432,3 +1432,21 @@ async fn a_cluster_store_whose_first_seed_hangs_reads_the_next_in_time() {
     );
     hung.resume();
 }
+
+/// On the blocking path (HSM keys, upstream CAs), an answer that arrived during the RSA
+/// work is taken even when that work outlasted the command timeout (an HSM queueing under
+/// load): Redis answered in time, and the request is not told otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_answer_is_taken_after_slow_work_on_the_blocking_path() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, Duration::from_millis(500));
+    on_blocking_thread(async move {
+        let k = key("slow-work", b"key-a");
+        let claim = store.start_claim(&k, LEASE).await.expect("sent");
+        // Longer than the timeout: the HSM's RSA work on this thread.
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(claim.await.unwrap(), Claim::Won);
+    })
+    .await;
+    drop(server);
+}

@@ -822,6 +822,10 @@ fn sentinel_client(
     builder.build()
 }
 
+/// How long a read past its deadline waits for an answer that should already be there
+/// (see `read_replies`).
+const READY_ANSWER_GRACE: Duration = Duration::from_millis(1);
+
 /// Idle blocking connections kept per store: enough for the PKIOperations a replica runs
 /// at once in practice; beyond it a connection is closed after use.
 const MAX_IDLE_BLOCKING: usize = 64;
@@ -1062,8 +1066,14 @@ fn read_replies(
     keep_all: bool,
     deadline: Instant,
 ) -> std::result::Result<redis::Value, Failure> {
+    // The RSA work between sending and reading (an HSM's, on this path) may have
+    // outlasted the deadline, which was set when the command was sent. An answer already
+    // in the socket is still taken: past the deadline a read waits only a moment.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(READY_ANSWER_GRACE);
     connection
-        .set_read_timeout(Some(remaining(deadline)?))
+        .set_read_timeout(Some(left))
         .map_err(Failure::from)?;
     let mut all = Vec::with_capacity(if keep_all { replies } else { 0 });
     let mut last = redis::Value::Nil;
