@@ -636,6 +636,106 @@ fn a_fleet_on_a_redis_cluster_follows_a_failover() {
     });
 }
 
+/// A Redis Cluster moving the store's slot to another master (a resharding, or a
+/// managed service rebalancing) while two replicas enroll: keys move two at a time in
+/// the background. Every request is answered SUCCESS, a device's retry on the other
+/// replica gets the same certificate (whether its record has moved or not), and when the
+/// slot is handed over both replicas follow it with no restart.
+#[test]
+fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
+    const TAG: &str = "{scep:}";
+    let cluster = RedisCluster::start();
+    let pki = Pki::init(&Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        append: vec![
+            format!("url = \"{}\"", cluster.url_away_from(TAG)),
+            "[store.cluster]".into(),
+        ],
+        ..Options::default()
+    });
+    let mut replicas = [pki.serve(), pki.serve()];
+    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
+    let certs = client::ca_certificates(&answer.body).unwrap();
+    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
+    for replica in &replicas {
+        wait_ready(replica.addr, 200, Duration::from_secs(10));
+    }
+    let enroll = |device: &Device, on: usize| {
+        let (spec, message) = device.pkcsreq(&ra);
+        let reply = device.exchange(replicas[on].addr, &spec, &message);
+        assert_success(&reply);
+        let (serial, _) = issued(&reply);
+        (spec, message, serial)
+    };
+    let before: Vec<_> = (0..4)
+        .map(|i| {
+            let device = Device::new(&format!("before-migration-{i}"));
+            let sent = enroll(&device, i % 2);
+            (device, sent)
+        })
+        .collect();
+
+    let migration = cluster.begin_migration(TAG);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let mover = scope.spawn(|| {
+            let mut moved = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let budget = std::cell::Cell::new(2u32);
+                moved +=
+                    migration.move_keys(|_| budget.replace(budget.get().saturating_sub(1)) > 0);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            moved
+        });
+        // Set when this thread leaves the scope, a failed assertion included: the scope
+        // waits for the mover.
+        let stopping = SetOnDrop(&stop);
+        let retry_elsewhere = |device: &Device,
+                               (spec, message, serial): &(MessageSpec, Vec<u8>, Vec<u8>),
+                               on: usize| {
+            let retry = device.exchange(replicas[on].addr, spec, message);
+            assert_success(&retry);
+            assert_eq!(
+                &issued(&retry).0,
+                serial,
+                "the retry got another certificate"
+            );
+        };
+        for (i, (device, sent)) in before.iter().enumerate() {
+            retry_elsewhere(device, sent, (i + 1) % 2);
+        }
+        for i in 0..10 {
+            let device = Device::new(&format!("during-migration-{i}"));
+            let sent = enroll(&device, i % 2);
+            retry_elsewhere(&device, &sent, (i + 1) % 2);
+        }
+        drop(stopping);
+        assert!(
+            mover.join().unwrap() > 0,
+            "no key moved during the enrollments"
+        );
+    });
+    migration.finish();
+
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        let device = Device::new(&format!("after-migration-{i}"));
+        let (spec, message) = device.pkcsreq(&ra);
+        assert_success(&device.exchange(replica.addr, &spec, &message));
+        wait_ready(replica.addr, 200, Duration::from_secs(5));
+        replica.assert_healthy();
+    }
+}
+
+/// Sets its flag when dropped, also while a panic unwinds.
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `store.replica_acks = 1`: while the replica hangs, a PKCSReq gets HTTP 503 in time
 /// (its claim was not acknowledged: nothing is issued) and the metric counts it; the
 /// same request, once the replica is back, enrolls.

@@ -1323,6 +1323,182 @@ async fn cluster_failover(replica_acks: u32) {
     .await;
 }
 
+/// Redis Cluster, the store's slot migrating to another master (a resharding, or a
+/// managed service rebalancing its shards) with some of its keys moved: a key that moved
+/// is read and written on the new master (`-ASK`, then `ASKING`); a key not moved yet on
+/// the old one; a new transaction is created on the new master, once; a pipeline whose
+/// keys are split is split too. A new one-time password, a script over two keys one of
+/// which cannot exist yet, gets `-TRYAGAIN` for as long as the migration lasts: it is
+/// refused within the timeout. When the slot is handed over (`-MOVED`), the store
+/// follows, and everything written meanwhile is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_cluster_follows_a_slot_migration() {
+    slot_migration(0).await;
+}
+
+/// The same over the blocking connections, whose claims and records are overlapped
+/// (sent, then read after the RSA work): an `-ASK` read there sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_cluster_follows_a_slot_migration_on_the_blocking_path() {
+    on_blocking_thread(slot_migration(0)).await;
+}
+
+/// The same with `replica_acks = 1`, both masters with a replica: a write on either
+/// master waits for its own replica (a `WAIT` on each connection written to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_cluster_with_replica_acks_follows_a_slot_migration() {
+    slot_migration(1).await;
+}
+
+async fn slot_migration(replica_acks: u32) {
+    let mut cluster = RedisCluster::start();
+    if replica_acks > 0 {
+        cluster.add_replica_of(cluster.master_of(CLUSTER_TAG));
+        cluster.add_replica_of(cluster.migration_target(CLUSTER_TAG));
+    }
+    let store = cluster_store(
+        cluster.url_away_from(CLUSTER_TAG),
+        vec![],
+        Duration::from_secs(600),
+        replica_acks,
+    );
+    let issued = |c: &[u8]| Record::Issued {
+        certificate: Arc::from(c),
+    };
+    let certificate = |serial: u8| {
+        let store = &store;
+        async move { store.certificate(b"issuer", &[serial]).await.unwrap() }
+    };
+    let moved = key("moved", b"key-a");
+    assert_eq!(store.claim(&moved, LEASE).await.unwrap(), Claim::Won);
+    store
+        .issued(&moved, b"issuer", &[1], Arc::from(&b"c1"[..]))
+        .await
+        .unwrap();
+    let stays = key("stays", b"key-a");
+    assert_eq!(store.claim(&stays, LEASE).await.unwrap(), Claim::Won);
+    let password = [7u8; 32];
+    assert_eq!(
+        store
+            .put_otp(&password, &otp("alice"), Duration::from_secs(60), 5)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+    store.revoke(b"issuer-a", &[1], 100).await.unwrap();
+
+    let migration = cluster.begin_migration(CLUSTER_TAG);
+    // The first transaction's record and its certificate (serial 01) move.
+    assert_eq!(
+        migration.move_keys(|k| k.contains("tx:n:moved") || k.ends_with(":01")),
+        2
+    );
+    assert_eq!(
+        store.claim(&key("moved", b"key-a"), LEASE).await.unwrap(),
+        Claim::Existing(issued(b"c1"))
+    );
+    assert_eq!(certificate(1).await.as_deref(), Some(&b"c1"[..]));
+
+    let fresh = key("fresh", b"key-b");
+    assert_eq!(store.claim(&fresh, LEASE).await.unwrap(), Claim::Won);
+    assert_eq!(
+        store.claim(&key("fresh", b"key-b"), LEASE).await.unwrap(),
+        Claim::Existing(Record::InProgress)
+    );
+    store
+        .issued(&fresh, b"issuer", &[2], Arc::from(&b"c2"[..]))
+        .await
+        .unwrap();
+    // Started early, as an enrollment does.
+    let early = key("early", b"key-b");
+    let claim = store.start_claim(&early, LEASE).await.expect("sent");
+    assert_eq!(claim.await.unwrap(), Claim::Won);
+    let record = store
+        .start_issued(&early, b"issuer", &[4], Arc::from(&b"c4"[..]))
+        .await
+        .expect("sent");
+    record.await.unwrap();
+
+    // Still on the old master: its record is updated there, its new certificate (a new
+    // key) is written on the new master, in one pipeline.
+    assert_eq!(store.get(&stays).await.unwrap(), Some(Record::InProgress));
+    store
+        .issued(&stays, b"issuer", &[3], Arc::from(&b"c3"[..]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&key("stays", b"key-a"), LEASE).await.unwrap(),
+        Claim::Existing(issued(b"c3"))
+    );
+    // Every key is in one place: nothing new was written on the old master.
+    let left = migration.keys_left();
+    assert!(left.iter().any(|k| k.contains("tx:n:stays")), "{left:?}");
+    assert_eq!(
+        left.len(),
+        4,
+        "stays, the password, its requester, the revocations: {left:?}"
+    );
+
+    store.revoke(b"issuer-b", &[9], 300).await.unwrap();
+    assert_eq!(
+        store.revocations(b"issuer-a").await.unwrap(),
+        vec![(vec![1], 100)]
+    );
+    assert_eq!(store.take_otp(&password).await.unwrap(), Some(otp("alice")));
+    assert_eq!(store.take_otp(&password).await.unwrap(), None);
+    let released = key("released", b"key-c");
+    assert_eq!(store.claim(&released, LEASE).await.unwrap(), Claim::Won);
+    store.release(&released).await.unwrap();
+    assert_eq!(store.claim(&released, LEASE).await.unwrap(), Claim::Won);
+    store.health().await.unwrap();
+
+    let started = Instant::now();
+    let refused = store
+        .put_otp(&[8u8; 32], &otp("bob"), Duration::from_secs(60), 5)
+        .await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    if replica_acks > 0 {
+        // A write on the new master waits for the new master's replica.
+        let replica = cluster.replica_of(migration.to);
+        replica.pause();
+        let refused = store.claim(&key("unacked", b"key-d"), LEASE).await;
+        replica.resume();
+        assert!(
+            matches!(&refused, Err(Error::Unavailable(m)) if m.contains("replicas")),
+            "{refused:?}"
+        );
+    }
+
+    migration.finish();
+    assert_eq!(store.get(&fresh).await.unwrap(), Some(issued(b"c2")));
+    assert_eq!(store.get(&stays).await.unwrap(), Some(issued(b"c3")));
+    assert_eq!(store.get(&early).await.unwrap(), Some(issued(b"c4")));
+    for (serial, cert) in [(1, &b"c1"[..]), (2, b"c2"), (3, b"c3"), (4, b"c4")] {
+        assert_eq!(
+            certificate(serial).await.as_deref(),
+            Some(cert),
+            "serial {serial}"
+        );
+    }
+    assert_eq!(
+        store.revocations(b"issuer-b").await.unwrap(),
+        vec![(vec![9], 300)]
+    );
+    assert_eq!(
+        store
+            .put_otp(&[8u8; 32], &otp("bob"), Duration::from_secs(60), 5)
+            .await
+            .unwrap(),
+        OtpPut::Stored
+    );
+    assert_eq!(store.take_otp(&[8u8; 32]).await.unwrap(), Some(otp("bob")));
+}
+
 /// The URL's node is down: the topology is read from the next seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_store_whose_first_seed_is_down_reads_the_next() {

@@ -12,8 +12,9 @@
 //! shard's master like to any single Redis ([`super::master`]). Only finding it differs:
 //! a seed node is asked which slot the tag hashes to (`CLUSTER KEYSLOT`) and which
 //! master serves that slot (`CLUSTER SLOTS`), at start, every `recheck`, and at once when
-//! a command is redirected (`-MOVED`, a failover or a resharding) or its connection
-//! drops. One shard is plenty: an enrollment costs two commands, and a shard serves tens
+//! a command is redirected (`-MOVED`, a failover or a finished resharding) or its
+//! connection drops. While the slot migrates, `-ASK` is followed command by command
+//! ([`super::migration`]). One shard is plenty: an enrollment costs two commands, and a shard serves tens
 //! of thousands a second. Cluster mode is for the managed services that offer nothing
 //! else (ElastiCache Serverless, Memorystore for Redis Cluster) and for operators who
 //! run a cluster anyway; it spreads nothing over the shards.
@@ -152,6 +153,15 @@ fn master_of(slots: &Value, slot: u16) -> Option<(String, u16)> {
         };
         Some((host, u16::try_from(*port).ok()?))
     })
+}
+
+/// A client for the node at `address` (`host:port`, as a redirection names it), with
+/// `like`'s credentials and TLS settings.
+pub(super) fn client_at(like: &Client, address: &str) -> redis::RedisResult<Client> {
+    let (host, port) = host_port(address).ok_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::Parse, "a redirection names no host:port"))
+    })?;
+    Client::open(at(like.get_connection_info(), host, port))
 }
 
 /// `info` (credentials, database, TLS settings) for another node.

@@ -17,9 +17,9 @@
 //!   dropped connection: Sentinel disconnects the clients of a master it demotes,
 //!   "Sentinel failover disconnection"; or `-READONLY`). A new address becomes a new node.
 //! - **Cluster** ([`super::cluster`]): the same task, asking a seed node which master
-//!   serves the one slot all of the store's keys hash to; besides the errors above, a
-//!   cluster's redirections (`-MOVED`, `-ASK`, `-TRYAGAIN`, `-CLUSTERDOWN`) make it look
-//!   again at once.
+//!   serves the one slot all of the store's keys hash to; besides the errors above,
+//!   `-MOVED` and `-CLUSTERDOWN` make it look again at once. (`-ASK` and `-TRYAGAIN`,
+//!   a slot migrating, are answered command by command: [`super::migration`].)
 //!
 //! A command that failed that way is tried once more, on the node the lookup it triggered
 //! found, within the command's own deadline (see `redis::run_async`). Every node carries a
@@ -31,7 +31,7 @@
 //! later command of a connection until its `WAIT` returns, a replica round trip later.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -40,6 +40,7 @@ use redis::{Client, ErrorKind, RedisError, ServerErrorKind};
 use tokio::sync::{watch, Notify};
 
 use super::cluster::Seeds;
+use super::migration::AskedNode;
 
 /// The shortest gap between two lookups: a burst of failed commands asks once.
 const LOOKUP_GAP: Duration = Duration::from_millis(50);
@@ -68,6 +69,12 @@ pub(super) struct Node {
     /// `host:port`, for logs.
     pub address: String,
     made_at: Instant,
+    /// How `waiting` and `manager` were made, for an [`AskedNode`]'s.
+    config: ConnectionManagerConfig,
+    /// The node the last `-ASK` named: the new master of the store's slot while it
+    /// migrates ([`super::migration`]). The lock is held to read or swap, never across
+    /// I/O.
+    asked: Mutex<Option<Arc<AskedNode>>>,
 }
 
 /// Which of a node's async connections a command goes over.
@@ -96,6 +103,19 @@ impl Node {
             }
             _ => self.manager.clone(),
         }
+    }
+
+    /// The node at `address` that an `-ASK` named, its connections kept while the
+    /// migration lasts.
+    pub(super) fn asked(&self, address: &str) -> Result<Arc<AskedNode>, RedisError> {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(node) = asked.as_ref().filter(|n| n.address == address) {
+            return Ok(node.clone());
+        }
+        let client = super::cluster::client_at(&self.client, address)?;
+        let node = Arc::new(AskedNode::new(address, client, self.config.clone())?);
+        *asked = Some(node.clone());
+        Ok(node)
     }
 }
 
@@ -331,18 +351,15 @@ pub(super) fn is_read_only(error: &RedisError) -> bool {
     error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
-/// A Redis Cluster's answer that the slot is served elsewhere, or not served right now
-/// (a failover or a resharding under way): `-MOVED`, `-ASK`, `-TRYAGAIN`,
-/// `-CLUSTERDOWN` (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#redirection-and-resharding>).
+/// A Redis Cluster's answer that the slot is served elsewhere now (a failover, or a
+/// migration that ended), or not served right now: `-MOVED`, `-CLUSTERDOWN`
+/// (<https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#redirection-and-resharding>).
+/// A lookup does not help with `-ASK` and `-TRYAGAIN`: the old master still serves the
+/// slot while it migrates.
 fn is_redirection(error: &RedisError) -> bool {
     matches!(
         error.kind(),
-        ErrorKind::Server(
-            ServerErrorKind::Moved
-                | ServerErrorKind::Ask
-                | ServerErrorKind::TryAgain
-                | ServerErrorKind::ClusterDown
-        )
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::ClusterDown)
     )
 }
 
@@ -364,6 +381,8 @@ fn new_node(
         client,
         address,
         made_at: Instant::now(),
+        config: connections.config.clone(),
+        asked: Mutex::new(None),
     })
 }
 

@@ -14,6 +14,7 @@ mod cluster;
 mod codec;
 mod master;
 pub mod memory;
+mod migration;
 pub mod observe;
 mod overlap;
 pub mod redis;

@@ -9,9 +9,11 @@
 //!   NX together with GET needs Redis ≥ 7.0). The old value says who owns it.
 //! - **issued** / **finish**: `SET key <record> PX <ttl>` (pipelined with the certificate's
 //!   own key for GetCert): the happy path costs two round trips.
-//! - **release**: compare-and-delete in a Lua script (`EVALSHA`,
+//! - **release**: compare-and-delete in a Lua script (a plain `EVAL`,
 //!   <https://redis.io/docs/latest/commands/eval/>), so that a lapsed claim re-won by
-//!   another replica is never deleted by the first.
+//!   another replica is never deleted by the first. Releases are rare (a failed
+//!   request), so sending the script's text each time costs nothing that matters, and a
+//!   plain command can be pipelined, followed by `WAIT`, and redirected like any other.
 //! - a claim whose replica died simply expires with its lease (`PX`).
 //!
 //! Every call is bounded by `command_timeout`: when Redis is down the caller gets
@@ -71,6 +73,7 @@ use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError};
 
 use super::cluster::Seeds;
 use super::master::{Connections, Lane, Locator, Master, Node};
+use super::migration;
 use super::overlap::{Orphan, Overlapped};
 use super::{
     codec, observe, Claim, InFlight, OtpPut, OtpRecord, Record, Revocation, Store, TransactionKey,
@@ -222,8 +225,6 @@ pub struct RedisStore {
     ttl: Duration,
     /// `WAIT` after each write that matters, if configured.
     acks: Option<ReplicaAcks>,
-    /// Shared with the tasks that release an unread claim ([`RedisStore::release_if_won`]).
-    release: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -350,7 +351,6 @@ impl RedisStore {
             timeout: settings.command_timeout,
             ttl: settings.ttl,
             acks: ReplicaAcks::new(settings.replica_acks, settings.command_timeout),
-            release: Arc::new(redis::Script::new(RELEASE)),
         })
     }
 
@@ -421,7 +421,7 @@ impl RedisStore {
     async fn call<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        command: Command<'_>,
+        command: Command,
     ) -> Result<T> {
         let started = Instant::now();
         let result = if super::may_block() {
@@ -439,7 +439,7 @@ impl RedisStore {
     async fn call_write<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        command: Command<'_>,
+        command: Command,
     ) -> Result<T> {
         self.call_write_on(op, command, None).await
     }
@@ -448,7 +448,7 @@ impl RedisStore {
     async fn call_write_on<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
-        command: Command<'_>,
+        command: Command,
         affinity: Option<u64>,
     ) -> Result<T> {
         let value: redis::Value = self.call(op, self.with_wait(command, affinity)).await?;
@@ -457,10 +457,8 @@ impl RedisStore {
 
     /// `command` followed by `WAIT` in one pipeline, when replica acknowledgements are
     /// configured, sent over the waiting connection of `affinity` (see
-    /// [`RedisStore::claim_affinity`]) or the next in turn. Scripts are sent as they are:
-    /// the one there is, a claim's release, loses nothing that matters when lost at a
-    /// failover (the claim lapses with its lease).
-    fn with_wait<'c>(&self, command: Command<'c>, affinity: Option<u64>) -> Command<'c> {
+    /// [`RedisStore::claim_affinity`]) or the next in turn.
+    fn with_wait(&self, command: Command, affinity: Option<u64>) -> Command {
         let Some(acks) = self.acks else {
             return command;
         };
@@ -471,7 +469,6 @@ impl RedisStore {
                 pipe
             }
             Command::Pipe(pipe) | Command::Waiting(pipe, _) => pipe,
-            Command::Script(script) => return Command::Script(script),
         };
         acks.append_to(&mut pipe);
         Command::Waiting(pipe, affinity)
@@ -507,7 +504,7 @@ impl RedisStore {
 
     async fn call_async<T: redis::FromRedisValue>(
         &self,
-        command: &Command<'_>,
+        command: &Command,
     ) -> std::result::Result<T, Failure> {
         run_async(&self.master, self.timeout, command).await
     }
@@ -516,7 +513,7 @@ impl RedisStore {
     /// owns what it needs, to be [`Overlapped`] (its metric and error are the caller's).
     fn write_owned<T: redis::FromRedisValue + Send + 'static>(
         &self,
-        command: Command<'static>,
+        command: Command,
         affinity: Option<u64>,
     ) -> BoxFuture<'static, std::result::Result<T, Failure>> {
         let master = self.master.clone();
@@ -534,7 +531,6 @@ impl RedisStore {
     fn release_if_won(&self, redis_key: String, ours: Vec<u8>) -> Orphan<ClaimAnswer> {
         let master = self.master.clone();
         let timeout = self.timeout;
-        let script = self.release.clone();
         Box::new(move |answer| {
             Box::pin(async move {
                 // Released unless the transaction was someone else's: won (nothing was
@@ -542,9 +538,7 @@ impl RedisStore {
                 if matches!(&answer, Ok(Some(old)) if *old != ours) {
                     return;
                 }
-                let mut invocation = script.prepare_invoke();
-                invocation.key(redis_key).arg(ours);
-                let release = Command::Script(invocation);
+                let release = Command::Cmd(release_command(&redis_key, &ours));
                 if run_async::<i64>(&master, timeout, &release).await.is_err() {
                     tracing::debug!("an unused claim was not released; it lapses with its lease");
                 }
@@ -561,7 +555,7 @@ impl RedisStore {
     /// the same deadline.
     fn call_blocking<T: redis::FromRedisValue>(
         &self,
-        command: &Command<'_>,
+        command: &Command,
     ) -> std::result::Result<T, Failure> {
         let deadline = Instant::now() + self.timeout;
         let node = self
@@ -576,6 +570,12 @@ impl RedisStore {
         };
         let mut generation = node.generation;
         let result = match run_blocking(command, &mut connection, deadline) {
+            Err(Failure::Redis(e)) if migration::applies(&e) => {
+                let (commands, single) = command.parts();
+                migration::run_blocking(&node, &mut connection, commands, single, deadline)
+                    .and_then(|value| Ok(redis::from_redis_value(value)?))
+                    .map_err(Failure::from)
+            }
             Err(Failure::Redis(e)) => match self.master.after_blocking(&node, &e, deadline) {
                 Some(next) if retry_allowed || next.generation != node.generation => {
                     connection = connect_blocking(&next, deadline)?;
@@ -593,7 +593,9 @@ impl RedisStore {
     }
 
     /// The issued certificate under its issuer and serial (GetCert) and the transaction's
-    /// final record, in one pipeline.
+    /// final record, in one pipeline. Its replies are kept (`OK`, `OK`), not `ignore`d, so
+    /// that a pipeline answered command by command during a slot migration
+    /// ([`super::migration`]) has the same shape as one answered at once.
     fn issued_pipeline(
         &self,
         key: &TransactionKey,
@@ -608,13 +610,11 @@ impl RedisStore {
             .arg(&*certificate)
             .arg("PX")
             .arg(ttl)
-            .ignore()
             .cmd("SET")
             .arg(self.transaction_key(key))
             .arg(codec::encode(key, &Record::Issued { certificate }))
             .arg("PX")
-            .arg(ttl)
-            .ignore();
+            .arg(ttl);
         pipe
     }
 
@@ -622,12 +622,7 @@ impl RedisStore {
     /// without reading its `replies` (those of `command` itself); `None`
     /// off a [`super::blocking_scope`] thread or when it cannot be sent (the caller then
     /// makes the ordinary call, with its retry).
-    fn send(
-        &self,
-        op: &'static str,
-        command: Command<'static>,
-        replies: usize,
-    ) -> Option<Sent<'_>> {
+    fn send(&self, op: &'static str, command: Command, replies: usize) -> Option<Sent<'_>> {
         if !super::may_block() {
             return None;
         }
@@ -638,7 +633,6 @@ impl RedisStore {
         let packed = match &command {
             Command::Cmd(c) => c.get_packed_command(),
             Command::Pipe(p) | Command::Waiting(p, _) => p.get_packed_pipeline(),
-            Command::Script(_) => return None,
         };
         // Before a locator first named the master, waits for it (as `call_blocking` does).
         let node = self.master.node_blocking(deadline)?;
@@ -837,7 +831,7 @@ const MAX_IDLE_BLOCKING: usize = 64;
 const WAITING_CONNECTIONS: usize = 8;
 
 /// One Redis command, pipeline or script call, run over either kind of connection.
-enum Command<'a> {
+enum Command {
     Cmd(redis::Cmd),
     Pipe(redis::Pipeline),
     /// A pipeline ending with `WAIT` ([`RedisStore::with_wait`]), or one that must follow
@@ -845,21 +839,43 @@ enum Command<'a> {
     /// path it goes over a connection of [`Lane::Waiting`] (the one of its affinity, if
     /// any), so that nothing else waits behind it.
     Waiting(redis::Pipeline, Option<u64>),
-    Script(redis::ScriptInvocation<'a>),
 }
 
-impl Command<'_> {
+impl Command {
     async fn run_async<T: redis::FromRedisValue>(&self, node: &Node) -> redis::RedisResult<T> {
-        let lane = match self {
-            Command::Waiting(_, affinity) => Lane::Waiting(*affinity),
-            _ => Lane::Direct,
-        };
-        let mut connection = node.connection(lane);
+        let mut connection = node.connection(self.lane());
         match self {
             Command::Cmd(c) => c.query_async(&mut connection).await,
             Command::Pipe(p) | Command::Waiting(p, _) => p.query_async(&mut connection).await,
-            Command::Script(s) => s.invoke_async(&mut connection).await,
         }
+    }
+
+    fn lane(&self) -> Lane {
+        match self {
+            Command::Waiting(_, affinity) => Lane::Waiting(*affinity),
+            _ => Lane::Direct,
+        }
+    }
+
+    /// The commands sent, and whether this is a single command (its answer a reply,
+    /// not an array of replies).
+    fn parts(&self) -> (Vec<&redis::Cmd>, bool) {
+        match self {
+            Command::Cmd(c) => (vec![c], true),
+            Command::Pipe(p) | Command::Waiting(p, _) => (p.cmd_iter().collect(), false),
+        }
+    }
+
+    /// After `-ASK` or `-TRYAGAIN` from `node`: the command again, one command at a
+    /// time ([`migration`]).
+    async fn run_migrating<T: redis::FromRedisValue>(
+        &self,
+        node: &Node,
+        deadline: Instant,
+    ) -> redis::RedisResult<T> {
+        let (commands, single) = self.parts();
+        let value = migration::run_async(node, self.lane(), commands, single, deadline).await?;
+        Ok(redis::from_redis_value(value)?)
     }
 }
 
@@ -869,12 +885,16 @@ impl Command<'_> {
 async fn run_async<T: redis::FromRedisValue>(
     master: &Master,
     timeout: Duration,
-    command: &Command<'_>,
+    command: &Command,
 ) -> std::result::Result<T, Failure> {
     let deadline = Instant::now() + timeout;
     let attempts = async {
         let node = master.node(deadline).await.ok_or(Failure::NoMaster)?;
         match command.run_async(&node).await {
+            Err(e) if migration::applies(&e) => command
+                .run_migrating(&node, deadline)
+                .await
+                .map_err(Failure::Redis),
             Err(e) => match master.after(&node, &e, deadline).await {
                 Some(next) => command.run_async(&next).await.map_err(Failure::Redis),
                 None => Err(Failure::Redis(e)),
@@ -906,7 +926,7 @@ enum Failure {
 
 /// The answer of a write out of what the connection returned: with [`ReplicaAcks`],
 /// `value` holds the pipeline's replies, the last one `WAIT`'s count and the one before
-/// it the write's own (`Nil` for a pipeline of ignored writes).
+/// it the write's own.
 fn answer_of<T: redis::FromRedisValue>(
     value: redis::Value,
     acks: Option<ReplicaAcks>,
@@ -953,7 +973,7 @@ fn remaining(deadline: Instant) -> std::result::Result<Duration, Failure> {
 }
 
 fn run_blocking<T: redis::FromRedisValue>(
-    command: &Command<'_>,
+    command: &Command,
     connection: &mut redis::Connection,
     deadline: Instant,
 ) -> std::result::Result<T, Failure> {
@@ -967,7 +987,6 @@ fn run_blocking<T: redis::FromRedisValue>(
     match command {
         Command::Cmd(c) => c.query(connection),
         Command::Pipe(p) | Command::Waiting(p, _) => p.query(connection),
-        Command::Script(s) => s.invoke(connection),
     }
     .map_err(Failure::from)
 }
@@ -995,7 +1014,7 @@ struct Sent<'a> {
     op: &'static str,
     /// Kept to send again after a failed read. Everything sent this way may be repeated:
     /// SETs, and a claim (which then reads our own InProgress record: won).
-    command: Command<'static>,
+    command: Command,
     /// Replies to read: the commands of a pipeline; the last one is the answer, or,
     /// with `acks`, `WAIT`'s count after it.
     replies: usize,
@@ -1280,9 +1299,8 @@ impl Store for RedisStore {
         Box::pin(async move {
             let redis_key = self.transaction_key(key);
             let ours = codec::encode(key, &Record::InProgress);
-            let mut invocation = self.release.prepare_invoke();
-            invocation.key(&redis_key).arg(&ours);
-            self.call::<i64>("release", Command::Script(invocation))
+            let release = release_command(&redis_key, &ours);
+            self.call::<i64>("release", Command::Cmd(release))
                 .await
                 .map(drop)
         })

@@ -615,6 +615,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
     pub replica: Option<RedisServer>,
+    /// Replicas of other masters, by their master's port
+    /// ([`RedisCluster::add_replica_of`]).
+    others: Vec<(u16, RedisServer)>,
     /// Every node's `requirepass` (TLS clusters only).
     password: Option<String>,
     /// TLS clusters: the certificates every node shares, `ca.pem` among them.
@@ -674,6 +677,7 @@ impl RedisCluster {
         let cluster = RedisCluster {
             masters,
             replica: None,
+            others: Vec::new(),
             password,
             certificates: None,
         };
@@ -722,13 +726,42 @@ impl RedisCluster {
     /// [`RedisCluster::start`] with a replica of the master serving `key`, in sync.
     pub fn start_with_replica(key: &str) -> RedisCluster {
         let mut cluster = RedisCluster::start();
-        let master = cluster.master_of(key);
+        let replica = cluster.replicate(cluster.master_of(key));
+        cluster.replica = Some(replica);
+        cluster
+    }
+
+    /// A replica, in sync, of the master at `port`, for writes that wait for one
+    /// (not one [`RedisCluster::fail_over`] promotes). Its first sync starts at once:
+    /// Redis otherwise waits 5 s for more replicas to share it. (The replica of
+    /// [`RedisCluster::start_with_replica`] keeps the wait: a manual failover right after
+    /// a replica joined is refused or never voted on until the cluster bus has settled.)
+    pub fn add_replica_of(&mut self, port: u16) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg(0)
+            .query(&mut connect(port, None))
+            .unwrap();
+        let replica = self.replicate(port);
+        self.others.push((port, replica));
+    }
+
+    /// The replica [`RedisCluster::add_replica_of`] gave the master at `port`.
+    pub fn replica_of(&self, port: u16) -> &RedisServer {
+        self.others
+            .iter()
+            .find_map(|(master, replica)| (*master == port).then_some(replica))
+            .expect("a replica of that master")
+    }
+
+    fn replicate(&self, master: u16) -> RedisServer {
         let master_id: String = redis::cmd("CLUSTER")
             .arg("MYID")
             .query(&mut connect(master, None))
             .unwrap();
         let replica = RedisServer::start_with(cluster_args());
-        cluster.meet(&replica);
+        self.meet(&replica);
         let port = replica.port;
         wait_for(
             || {
@@ -750,8 +783,7 @@ impl RedisCluster {
             },
             "the replica is in sync",
         );
-        cluster.replica = Some(replica);
-        cluster
+        replica
     }
 
     /// The URL of a node that does not serve `key`'s slot: a store seeded there must
@@ -768,36 +800,7 @@ impl RedisCluster {
     }
 
     fn master_of_as_seen_by(&self, port: u16, key: &str) -> u16 {
-        let mut connection = connect(port, self.password.as_deref());
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut connection)
-            .unwrap();
-        let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query::<Vec<redis::Value>>(&mut connection)
-            .unwrap()
-            .into_iter()
-            .map(|range| {
-                let redis::Value::Array(fields) = range else {
-                    panic!("CLUSTER SLOTS: {range:?}")
-                };
-                let start: i64 = redis::from_redis_value(fields[0].clone()).unwrap();
-                let end: i64 = redis::from_redis_value(fields[1].clone()).unwrap();
-                let redis::Value::Array(master) = &fields[2] else {
-                    panic!("CLUSTER SLOTS: {fields:?}")
-                };
-                let host: String = redis::from_redis_value(master[0].clone()).unwrap();
-                let port: i64 = redis::from_redis_value(master[1].clone()).unwrap();
-                (start, end, (host, port))
-            })
-            .collect();
-        let (_, _, (_, port)) = ranges
-            .into_iter()
-            .find(|(start, end, _)| (*start..=*end).contains(&slot))
-            .expect("the slot is served");
-        port as u16
+        master_as_seen_by(port, self.password.as_deref(), key)
     }
 
     /// A manual failover (`CLUSTER FAILOVER` on the replica): the replica becomes the
@@ -831,6 +834,53 @@ impl RedisCluster {
         );
     }
 
+    /// Starts moving `key`'s slot to another master, the way `redis-cli --cluster
+    /// reshard` does: `CLUSTER SETSLOT … IMPORTING` on the new master, then `MIGRATING`
+    /// on the old one. Keys move with [`Migration::move_keys`]; [`Migration::finish`]
+    /// moves the rest and gives the slot to the new master.
+    pub fn begin_migration(&self, key: &str) -> Migration {
+        let from = self.master_of(key);
+        let to = self.migration_target(key);
+        let mut on_from = connect(from, None);
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut on_from)
+            .unwrap();
+        let id = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut connect(port, None))
+                .unwrap()
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |port: u16, state: &str, node: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(node)
+                .query(&mut connect(port, None))
+                .unwrap();
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        Migration {
+            key: key.to_owned(),
+            slot,
+            from,
+            to,
+            to_id,
+            masters: self.masters.iter().map(|m| m.port).collect(),
+        }
+    }
+
+    /// The master [`RedisCluster::begin_migration`] moves `key`'s slot to.
+    pub fn migration_target(&self, key: &str) -> u16 {
+        let from = self.master_of(key);
+        self.masters.iter().find(|m| m.port != from).unwrap().port
+    }
+
     /// Introduces `node` to the first master. With `tls-cluster` a node's cluster port
     /// is its TLS port + 10,000, so that is the port to name.
     fn meet(&self, node: &RedisServer) {
@@ -845,6 +895,105 @@ impl RedisCluster {
             .query(&mut connect(self.masters[0].port, self.password.as_deref()))
             .unwrap();
     }
+}
+
+/// A slot on its way from one master to another ([`RedisCluster::begin_migration`]).
+pub struct Migration {
+    key: String,
+    slot: i64,
+    pub from: u16,
+    pub to: u16,
+    to_id: String,
+    masters: Vec<u16>,
+}
+
+impl Migration {
+    /// The slot's keys still on the old master.
+    pub fn keys_left(&self) -> Vec<String> {
+        redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(self.slot)
+            .arg(100_000)
+            .query(&mut connect(self.from, None))
+            .unwrap()
+    }
+
+    /// Moves the keys of the slot that `pick` chooses (`MIGRATE … KEYS`, atomic per
+    /// batch); returns how many moved.
+    pub fn move_keys(&self, pick: impl Fn(&str) -> bool) -> usize {
+        let keys: Vec<String> = self.keys_left().into_iter().filter(|k| pick(k)).collect();
+        if keys.is_empty() {
+            return 0;
+        }
+        let _: redis::Value = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(self.to)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query(&mut connect(self.from, None))
+            .unwrap();
+        keys.len()
+    }
+
+    /// Moves every key left, then hands the slot over (`CLUSTER SETSLOT … NODE`, the new
+    /// master first) and waits until every master names the new one.
+    pub fn finish(&self) {
+        self.move_keys(|_| true);
+        for port in
+            std::iter::once(self.to).chain(self.masters.iter().copied().filter(|p| *p != self.to))
+        {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(self.slot)
+                .arg("NODE")
+                .arg(&self.to_id)
+                .query(&mut connect(port, None))
+                .unwrap();
+        }
+        for &port in &self.masters {
+            wait_for(
+                || master_as_seen_by(port, None, &self.key) == self.to,
+                "every master names the slot's new master",
+            );
+        }
+    }
+}
+
+/// The port of the master serving `key`'s slot, as the node at `port` sees it.
+fn master_as_seen_by(port: u16, password: Option<&str>, key: &str) -> u16 {
+    let mut connection = connect(port, password);
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut connection)
+        .unwrap();
+    let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query::<Vec<redis::Value>>(&mut connection)
+        .unwrap()
+        .into_iter()
+        .map(|range| {
+            let redis::Value::Array(fields) = range else {
+                panic!("CLUSTER SLOTS: {range:?}")
+            };
+            let start: i64 = redis::from_redis_value(fields[0].clone()).unwrap();
+            let end: i64 = redis::from_redis_value(fields[1].clone()).unwrap();
+            let redis::Value::Array(master) = &fields[2] else {
+                panic!("CLUSTER SLOTS: {fields:?}")
+            };
+            let host: String = redis::from_redis_value(master[0].clone()).unwrap();
+            let port: i64 = redis::from_redis_value(master[1].clone()).unwrap();
+            (start, end, (host, port))
+        })
+        .collect();
+    let (_, _, (_, port)) = ranges
+        .into_iter()
+        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+        .expect("the slot is served");
+    port as u16
 }
 
 fn cluster_args() -> Vec<String> {
