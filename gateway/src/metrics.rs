@@ -32,6 +32,7 @@ pub const STORE_RETRIES: &str = "scep_store_retries_answered_total";
 pub const STORE_EVICTED: &str = "scep_store_evicted_total";
 pub const STORE_MASTER_CHANGES: &str = "scep_store_master_changes_total";
 pub const STORE_UNREPLICATED: &str = "scep_store_unreplicated_writes_total";
+pub const STORE_REDIRECTIONS: &str = "scep_store_redirections_total";
 pub const CERT_EXPIRY: &str = "scep_cert_expiry_seconds";
 pub const LEGACY_CRYPTO: &str = "scep_legacy_crypto_total";
 pub const BUILD_INFO: &str = "scep_build_info";
@@ -136,6 +137,10 @@ fn describe() {
     describe_counter!(
         STORE_UNREPLICATED,
         "Redis writes that fewer replicas than store.replica_acks acknowledged in time (the request gets HTTP 503 for a claim; see README)"
+    );
+    describe_counter!(
+        STORE_REDIRECTIONS,
+        "Redis Cluster commands redirected while the store's slot migrates: ask (sent to the new master after ASKING), tryagain (a script whose keys were split, sent again)"
     );
     describe_gauge!(
         CERT_EXPIRY,
@@ -337,7 +342,12 @@ pub fn store_evicted(n: usize) {
     counter!(STORE_EVICTED).increment(n as u64);
 }
 
-/// The Redis store moved to another node (`reason`: sentinel, readonly).
+/// A Redis Cluster command redirected during a slot migration (`kind`: ask, tryagain).
+pub fn store_redirected(kind: &'static str) {
+    counter!(STORE_REDIRECTIONS, "kind" => kind).increment(1);
+}
+
+/// The Redis store moved to another node (`reason`: sentinel, cluster, readonly).
 pub fn store_master_changed(reason: &'static str) {
     counter!(STORE_MASTER_CHANGES, "reason" => reason).increment(1);
 }

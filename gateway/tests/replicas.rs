@@ -724,6 +724,15 @@ fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
         assert_success(&device.exchange(replica.addr, &spec, &message));
         wait_ready(replica.addr, 200, Duration::from_secs(5));
         replica.assert_healthy();
+        // Redirections counted while the slot migrated; one move once it was handed over.
+        let text = common::scrape(replica.addr);
+        let asked = common::must(&text, "scep_store_redirections_total", &[("kind", "ask")]);
+        assert!(asked > 0.0, "{text}");
+        let moved = [("reason", "cluster")];
+        assert_eq!(
+            common::must(&text, "scep_store_master_changes_total", &moved),
+            1.0
+        );
     }
 }
 

@@ -168,12 +168,14 @@ impl<'c> Rounds<'c> {
             match next() {
                 Ok(value) => self.answers[i] = Some(value),
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::TryAgain) => {
+                    super::observe::redirected("tryagain");
                     self.again.push(i)
                 }
                 Err(e) if !asking && e.kind() == ErrorKind::Server(ServerErrorKind::Ask) => {
                     let Some((node, _slot)) = e.redirect_node() else {
                         return Err(e);
                     };
+                    super::observe::redirected("ask");
                     self.asked.entry(node.to_owned()).or_default().push(i);
                 }
                 Err(e) => return Err(e),

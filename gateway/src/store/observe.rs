@@ -30,9 +30,16 @@ pub fn retry_answered(kind: &'static str) {
 }
 
 /// The Redis store moved to another node: `sentinel` (the sentinels named another
-/// master) or `readonly` (a fixed endpoint answered READONLY and was connected again).
+/// master), `cluster` (another master serves the store's slot) or `readonly` (a fixed
+/// endpoint answered READONLY and was connected again).
 pub fn master_changed(reason: &'static str) {
     metrics::store_master_changed(reason);
+}
+
+/// A command answered `-ASK` (`kind` "ask") or `-TRYAGAIN` ("tryagain") while the
+/// store's cluster slot migrates ([`super::migration`]).
+pub fn redirected(kind: &'static str) {
+    metrics::store_redirected(kind);
 }
 
 /// A Redis write that fewer replicas acknowledged than `store.replica_acks` asks for.
