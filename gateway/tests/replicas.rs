@@ -573,13 +573,7 @@ fn fleet_follows_a_failover(
     check_log: impl Fn(&str),
     fail_over: impl FnOnce(),
 ) {
-    let mut replicas = [pki.serve(), pki.serve()];
-    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
-    let certs = client::ca_certificates(&answer.body).unwrap();
-    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
-    for replica in &replicas {
-        wait_ready(replica.addr, 200, Duration::from_secs(10));
-    }
+    let (mut replicas, ra) = two_ready_replicas(pki);
 
     let first = Device::new("before-failover");
     let (spec, message) = first.pkcsreq(&ra);
@@ -614,25 +608,44 @@ fn fleet_follows_a_failover(
     }
 }
 
+/// Two replicas of `pki`, ready, and the RA certificate devices encrypt to.
+fn two_ready_replicas(pki: &Pki) -> ([Gateway; 2], Vec<u8>) {
+    let replicas = [pki.serve(), pki.serve()];
+    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
+    let certs = client::ca_certificates(&answer.body).unwrap();
+    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
+    for replica in &replicas {
+        wait_ready(replica.addr, 200, Duration::from_secs(10));
+    }
+    (replicas, ra)
+}
+
+/// The default key prefix `scep:` is the keys' hash tag on a cluster.
+const CLUSTER_TAG: &str = "{scep:}";
+
+/// A gateway configuration on `cluster`, seeded at a node that does not serve the
+/// store's slot.
+fn cluster_pki(cluster: &RedisCluster) -> Pki {
+    Pki::init(&Options {
+        extra_config: vec![("backend".into(), "\"redis\"".into())],
+        append: vec![
+            format!("url = \"{}\"", cluster.url_away_from(CLUSTER_TAG)),
+            "[store.cluster]".into(),
+        ],
+        ..Options::default()
+    })
+}
+
 /// The same on a Redis Cluster, seeded at a node that does not serve the store's slot:
 /// the slot's master fails over to its replica.
 #[test]
 fn a_fleet_on_a_redis_cluster_follows_a_failover() {
-    // The default key prefix `scep:` is the keys' hash tag.
-    const TAG: &str = "{scep:}";
-    let mut cluster = RedisCluster::start_with_replica(TAG);
-    let pki = Pki::init(&Options {
-        extra_config: vec![("backend".into(), "\"redis\"".into())],
-        append: vec![
-            format!("url = \"{}\"", cluster.url_away_from(TAG)),
-            "[store.cluster]".into(),
-        ],
-        ..Options::default()
-    });
+    let mut cluster = RedisCluster::start_with_replica(CLUSTER_TAG);
+    let pki = cluster_pki(&cluster);
     let check_log = |log: &str| assert!(log.contains("redis cluster: the master moved"), "{log}");
     fleet_follows_a_failover(&pki, "cluster", check_log, || {
-        cluster.wait_replicated(TAG);
-        cluster.fail_over(TAG);
+        cluster.wait_replicated(CLUSTER_TAG);
+        cluster.fail_over(CLUSTER_TAG);
     });
 }
 
@@ -643,23 +656,9 @@ fn a_fleet_on_a_redis_cluster_follows_a_failover() {
 /// slot is handed over both replicas follow it with no restart.
 #[test]
 fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
-    const TAG: &str = "{scep:}";
     let cluster = RedisCluster::start();
-    let pki = Pki::init(&Options {
-        extra_config: vec![("backend".into(), "\"redis\"".into())],
-        append: vec![
-            format!("url = \"{}\"", cluster.url_away_from(TAG)),
-            "[store.cluster]".into(),
-        ],
-        ..Options::default()
-    });
-    let mut replicas = [pki.serve(), pki.serve()];
-    let answer = get(replicas[0].addr, "/scep?operation=GetCACert");
-    let certs = client::ca_certificates(&answer.body).unwrap();
-    let ra = client::encryption_certificate(&certs).unwrap().to_vec();
-    for replica in &replicas {
-        wait_ready(replica.addr, 200, Duration::from_secs(10));
-    }
+    let pki = cluster_pki(&cluster);
+    let (mut replicas, ra) = two_ready_replicas(&pki);
     let enroll = |device: &Device, on: usize| {
         let (spec, message) = device.pkcsreq(&ra);
         let reply = device.exchange(replicas[on].addr, &spec, &message);
@@ -675,7 +674,7 @@ fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
         })
         .collect();
 
-    let migration = cluster.begin_migration(TAG);
+    let migration = cluster.begin_migration(CLUSTER_TAG);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let mover = scope.spawn(|| {
