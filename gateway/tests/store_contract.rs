@@ -1333,24 +1333,41 @@ async fn cluster_failover(replica_acks: u32) {
 /// follows, and everything written meanwhile is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_on_a_cluster_follows_a_slot_migration() {
-    slot_migration(0).await;
+    let (cluster, store) = migration_cluster(0);
+    slot_migration(cluster, store, 0).await;
 }
 
 /// The same over the blocking connections, whose claims and records are overlapped
 /// (sent, then read after the RSA work): an `-ASK` read there sends them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_on_a_cluster_follows_a_slot_migration_on_the_blocking_path() {
-    on_blocking_thread(slot_migration(0)).await;
+    let (cluster, store) = migration_cluster(0);
+    on_blocking_thread(slot_migration(cluster, store, 0)).await;
 }
 
 /// The same with `replica_acks = 1`, both masters with a replica: a write on either
 /// master waits for its own replica (a `WAIT` on each connection written to).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_on_a_cluster_with_replica_acks_follows_a_slot_migration() {
-    slot_migration(1).await;
+    let (cluster, store) = migration_cluster(1);
+    slot_migration(cluster, store, 1).await;
 }
 
-async fn slot_migration(replica_acks: u32) {
+/// The same on a cluster over TLS with a password (ElastiCache Serverless moves slots
+/// when it scales): the new master is reached with the URL's CA and password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_follows_a_slot_migration() {
+    let cluster = RedisCluster::start_tls("s3cret-pw");
+    let (url, ca_pem) = cluster.tls_url_away_from(CLUSTER_TAG);
+    let mut settings = cluster_settings(url, vec![], Duration::from_secs(600), 0);
+    settings.tls_ca_pem = Some(ca_pem);
+    let store = RedisStore::connect(settings).unwrap();
+    slot_migration(cluster, store, 0).await;
+}
+
+/// A cluster, with a replica of both the store's master and the one its slot will move
+/// to when `replica_acks` asks for one, and a store on it.
+fn migration_cluster(replica_acks: u32) -> (RedisCluster, RedisStore) {
     let mut cluster = RedisCluster::start();
     if replica_acks > 0 {
         cluster.add_replica_of(cluster.master_of(CLUSTER_TAG));
@@ -1362,6 +1379,10 @@ async fn slot_migration(replica_acks: u32) {
         Duration::from_secs(600),
         replica_acks,
     );
+    (cluster, store)
+}
+
+async fn slot_migration(cluster: RedisCluster, store: RedisStore, replica_acks: u32) {
     let issued = |c: &[u8]| Record::Issued {
         certificate: Arc::from(c),
     };

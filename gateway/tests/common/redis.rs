@@ -841,16 +841,17 @@ impl RedisCluster {
     pub fn begin_migration(&self, key: &str) -> Migration {
         let from = self.master_of(key);
         let to = self.migration_target(key);
-        let mut on_from = connect(from, None);
+        let password = self.password.clone();
+        let on = |port: u16| connect(port, password.as_deref());
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
-            .query(&mut on_from)
+            .query(&mut on(from))
             .unwrap();
         let id = |port: u16| -> String {
             redis::cmd("CLUSTER")
                 .arg("MYID")
-                .query(&mut connect(port, None))
+                .query(&mut on(port))
                 .unwrap()
         };
         let (from_id, to_id) = (id(from), id(to));
@@ -860,18 +861,23 @@ impl RedisCluster {
                 .arg(slot)
                 .arg(state)
                 .arg(node)
-                .query(&mut connect(port, None))
+                .query(&mut on(port))
                 .unwrap();
         };
         setslot(to, "IMPORTING", &from_id);
         setslot(from, "MIGRATING", &to_id);
+        // With `tls-cluster`, MIGRATE speaks TLS to the new master: its TLS port.
+        let target = self.masters.iter().find(|m| m.port == to).unwrap();
+        let migrate_to = target.tls.as_ref().map_or(to, |(tls_port, _)| *tls_port);
         Migration {
+            migrate_to,
             key: key.to_owned(),
             slot,
             from,
             to,
             to_id,
             masters: self.masters.iter().map(|m| m.port).collect(),
+            password,
         }
     }
 
@@ -904,17 +910,25 @@ pub struct Migration {
     pub from: u16,
     pub to: u16,
     to_id: String,
+    /// The port MIGRATE reaches the new master on.
+    migrate_to: u16,
     masters: Vec<u16>,
+    /// Every node's `requirepass` (TLS clusters).
+    password: Option<String>,
 }
 
 impl Migration {
+    fn connect(&self, port: u16) -> redis::Connection {
+        connect(port, self.password.as_deref())
+    }
+
     /// The slot's keys still on the old master.
     pub fn keys_left(&self) -> Vec<String> {
         redis::cmd("CLUSTER")
             .arg("GETKEYSINSLOT")
             .arg(self.slot)
             .arg(100_000)
-            .query(&mut connect(self.from, None))
+            .query(&mut self.connect(self.from))
             .unwrap()
     }
 
@@ -925,15 +939,20 @@ impl Migration {
         if keys.is_empty() {
             return 0;
         }
-        let _: redis::Value = redis::cmd("MIGRATE")
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate
             .arg("127.0.0.1")
-            .arg(self.to)
+            .arg(self.migrate_to)
             .arg("")
             .arg(0)
-            .arg(5000)
+            .arg(5000);
+        if let Some(password) = &self.password {
+            migrate.arg("AUTH").arg(password);
+        }
+        let _: redis::Value = migrate
             .arg("KEYS")
             .arg(&keys)
-            .query(&mut connect(self.from, None))
+            .query(&mut self.connect(self.from))
             .unwrap();
         keys.len()
     }
@@ -950,12 +969,12 @@ impl Migration {
                 .arg(self.slot)
                 .arg("NODE")
                 .arg(&self.to_id)
-                .query(&mut connect(port, None))
+                .query(&mut self.connect(port))
                 .unwrap();
         }
         for &port in &self.masters {
             wait_for(
-                || master_as_seen_by(port, None, &self.key) == self.to,
+                || master_as_seen_by(port, self.password.as_deref(), &self.key) == self.to,
                 "every master names the slot's new master",
             );
         }
