@@ -651,9 +651,9 @@ fn a_fleet_on_a_redis_cluster_follows_a_failover() {
 
 /// A Redis Cluster moving the store's slot to another master (a resharding, or a
 /// managed service rebalancing) while two replicas enroll: keys move two at a time in
-/// the background. Every request is answered SUCCESS, a device's retry on the other
-/// replica gets the same certificate (whether its record has moved or not), and when the
-/// slot is handed over both replicas follow it with no restart.
+/// the background, then the slot is handed over. Every request is answered SUCCESS, a
+/// device's retry on the other replica gets the same certificate (whether its record has
+/// moved or not), and both replicas follow the hand-over with no restart.
 #[test]
 fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
     let cluster = RedisCluster::start();
@@ -677,14 +677,20 @@ fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
     let migration = cluster.begin_migration(CLUSTER_TAG);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
+        // Two keys every 30 ms for about a second, then the hand-over, while the
+        // enrollments go on (or as soon as they end).
         let mover = scope.spawn(|| {
             let mut moved = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..30 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let budget = std::cell::Cell::new(2u32);
                 moved +=
                     migration.move_keys(|_| budget.replace(budget.get().saturating_sub(1)) > 0);
                 std::thread::sleep(Duration::from_millis(30));
             }
+            migration.finish();
             moved
         });
         // Set when this thread leaves the scope, a failed assertion included: the scope
@@ -704,7 +710,7 @@ fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
         for (i, (device, sent)) in before.iter().enumerate() {
             retry_elsewhere(device, sent, (i + 1) % 2);
         }
-        for i in 0..10 {
+        for i in 0..14 {
             let device = Device::new(&format!("during-migration-{i}"));
             let sent = enroll(&device, i % 2);
             retry_elsewhere(&device, &sent, (i + 1) % 2);
@@ -715,7 +721,6 @@ fn a_fleet_on_a_redis_cluster_keeps_enrolling_while_the_slot_migrates() {
             "no key moved during the enrollments"
         );
     });
-    migration.finish();
 
     for (i, replica) in replicas.iter_mut().enumerate() {
         let device = Device::new(&format!("after-migration-{i}"));

@@ -11,7 +11,9 @@
 //! (cluster spec, "ASK redirection" and "Live resharding",
 //! <https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#ask-redirection>).
 //! When the migration ends the old master answers `-MOVED`, and [`super::master`] looks
-//! the new one up as after a failover.
+//! the new one up as after a failover. A `-MOVED` in the middle of the rounds (the slot
+//! handed over meanwhile) ends them the same way: the whole command is sent once more
+//! to the master the lookup finds.
 //!
 //! So an answer of `-ASK` or `-TRYAGAIN` makes the store send the command again **one
 //! command at a time**: a pipeline's commands that the old master served keep their
@@ -147,9 +149,9 @@ impl<'c> Rounds<'c> {
     }
 
     /// The replies of the round sent last. An error other than a redirection ends the
-    /// call (as it would have without the migration), and so does an `-ASK` from the
-    /// node an `-ASK` named, or a `-MOVED` (the migration ended meanwhile: the next call
-    /// finds the new master).
+    /// rounds (as it would have ended the call without the migration), and so does an
+    /// `-ASK` from the node an `-ASK` named, or a `-MOVED` (the migration ended
+    /// meanwhile: the caller looks the new master up and sends the command there).
     pub(super) fn take(&mut self, replies: Vec<RedisResult<Value>>) -> RedisResult<()> {
         let (round, asking) = std::mem::take(&mut self.sent);
         let mut replies = replies.into_iter();

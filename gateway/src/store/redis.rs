@@ -569,18 +569,12 @@ impl RedisStore {
             None => connect_blocking(&node, deadline)?,
         };
         let mut generation = node.generation;
-        let result = match run_blocking(command, &mut connection, deadline) {
-            Err(Failure::Redis(e)) if migration::applies(&e) => {
-                let (commands, single) = command.parts();
-                migration::run_blocking(&node, &mut connection, commands, single, deadline)
-                    .and_then(|value| Ok(redis::from_redis_value(value)?))
-                    .map_err(Failure::from)
-            }
+        let result = match run_blocking(command, &node, &mut connection, deadline) {
             Err(Failure::Redis(e)) => match self.master.after_blocking(&node, &e, deadline) {
                 Some(next) if retry_allowed || next.generation != node.generation => {
                     connection = connect_blocking(&next, deadline)?;
                     generation = next.generation;
-                    run_blocking(command, &mut connection, deadline)
+                    run_blocking(command, &next, &mut connection, deadline)
                 }
                 _ => Err(Failure::Redis(e)),
             },
@@ -842,11 +836,26 @@ enum Command {
 }
 
 impl Command {
-    async fn run_async<T: redis::FromRedisValue>(&self, node: &Node) -> redis::RedisResult<T> {
+    /// The command on `node`'s async connection; after `-ASK` or `-TRYAGAIN` (the
+    /// store's cluster slot migrating), again one command at a time ([`migration`]).
+    async fn run_async<T: redis::FromRedisValue>(
+        &self,
+        node: &Node,
+        deadline: Instant,
+    ) -> redis::RedisResult<T> {
         let mut connection = node.connection(self.lane());
-        match self {
+        let answer = match self {
             Command::Cmd(c) => c.query_async(&mut connection).await,
             Command::Pipe(p) | Command::Waiting(p, _) => p.query_async(&mut connection).await,
+        };
+        match answer {
+            Err(e) if migration::applies(&e) => {
+                let (commands, single) = self.parts();
+                let value =
+                    migration::run_async(node, self.lane(), commands, single, deadline).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+            answer => answer,
         }
     }
 
@@ -865,18 +874,6 @@ impl Command {
             Command::Pipe(p) | Command::Waiting(p, _) => (p.cmd_iter().collect(), false),
         }
     }
-
-    /// After `-ASK` or `-TRYAGAIN` from `node`: the command again, one command at a
-    /// time ([`migration`]).
-    async fn run_migrating<T: redis::FromRedisValue>(
-        &self,
-        node: &Node,
-        deadline: Instant,
-    ) -> redis::RedisResult<T> {
-        let (commands, single) = self.parts();
-        let value = migration::run_async(node, self.lane(), commands, single, deadline).await?;
-        Ok(redis::from_redis_value(value)?)
-    }
 }
 
 /// Runs `command` on the async connection within `timeout`, once more after a
@@ -890,13 +887,12 @@ async fn run_async<T: redis::FromRedisValue>(
     let deadline = Instant::now() + timeout;
     let attempts = async {
         let node = master.node(deadline).await.ok_or(Failure::NoMaster)?;
-        match command.run_async(&node).await {
-            Err(e) if migration::applies(&e) => command
-                .run_migrating(&node, deadline)
-                .await
-                .map_err(Failure::Redis),
+        match command.run_async(&node, deadline).await {
             Err(e) => match master.after(&node, &e, deadline).await {
-                Some(next) => command.run_async(&next).await.map_err(Failure::Redis),
+                Some(next) => command
+                    .run_async(&next, deadline)
+                    .await
+                    .map_err(Failure::Redis),
                 None => Err(Failure::Redis(e)),
             },
             Ok(answer) => Ok(answer),
@@ -972,8 +968,11 @@ fn remaining(deadline: Instant) -> std::result::Result<Duration, Failure> {
     }
 }
 
+/// `command` over `connection` (to `node`); after `-ASK` or `-TRYAGAIN` (the store's
+/// cluster slot migrating), again one command at a time ([`migration`]).
 fn run_blocking<T: redis::FromRedisValue>(
     command: &Command,
+    node: &Node,
     connection: &mut redis::Connection,
     deadline: Instant,
 ) -> std::result::Result<T, Failure> {
@@ -984,9 +983,17 @@ fn run_blocking<T: redis::FromRedisValue>(
     connection
         .set_write_timeout(Some(left))
         .map_err(Failure::from)?;
-    match command {
+    let answer = match command {
         Command::Cmd(c) => c.query(connection),
         Command::Pipe(p) | Command::Waiting(p, _) => p.query(connection),
+    };
+    match answer {
+        Err(e) if migration::applies(&e) => {
+            let (commands, single) = command.parts();
+            migration::run_blocking(node, connection, commands, single, deadline)
+                .and_then(|value| Ok(redis::from_redis_value(value)?))
+        }
+        answer => answer,
     }
     .map_err(Failure::from)
 }
