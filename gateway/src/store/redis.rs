@@ -824,7 +824,7 @@ const MAX_IDLE_BLOCKING: usize = 64;
 /// enrollments (two each), more than a replica's cores sign.
 const WAITING_CONNECTIONS: usize = 8;
 
-/// One Redis command, pipeline or script call, run over either kind of connection.
+/// One Redis command or pipeline, run over either kind of connection.
 enum Command {
     Cmd(redis::Cmd),
     Pipe(redis::Pipeline),
