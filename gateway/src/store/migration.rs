@@ -21,8 +21,8 @@
 //! those answered `-TRYAGAIN` go again after [`TRYAGAIN_PAUSE`], until the call's
 //! deadline. Sending a whole pipeline to the new master instead would create there a key
 //! that still exists on the old one, and the migration of that key would then fail.
-//! With `replica_acks`, every round that wrote ends with its own `WAIT`, on its own
-//! connection, and the write counts the fewest replicas any of them reached.
+//! With `replica_acks`, every round ends with its own `WAIT`, on the connection it went
+//! over, and the write counts the fewest replicas any of them reached.
 //!
 //! Resending a pipeline's commands to the old master is safe because every command the
 //! store pipelines may be repeated (a claim then reads our own claim: won; a `SET` sets
@@ -43,7 +43,7 @@ use super::master::{Lane, Node};
 
 /// How long commands answered `-TRYAGAIN` wait before they are sent again: a migration
 /// moves keys in batches, each within milliseconds.
-pub(super) const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
+const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// Idle blocking connections kept to a migration's new master.
 const MAX_IDLE_ASKED: usize = 8;
