@@ -1357,12 +1357,19 @@ async fn a_store_on_a_cluster_with_replica_acks_follows_a_slot_migration() {
 /// when it scales): the new master is reached with the URL's CA and password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_over_tls_follows_a_slot_migration() {
-    let cluster = RedisCluster::start_tls("s3cret-pw");
+    let (cluster, store) = tls_cluster("s3cret-pw");
+    slot_migration(cluster, store, 0).await;
+}
+
+/// A cluster over TLS whose nodes take `password`, and a store on it seeded at a node
+/// that does not serve the store's slot, with the URL's CA and password.
+fn tls_cluster(password: &str) -> (RedisCluster, RedisStore) {
+    let cluster = RedisCluster::start_tls(password);
     let (url, ca_pem) = cluster.tls_url_away_from(CLUSTER_TAG);
     let mut settings = cluster_settings(url, vec![], Duration::from_secs(600), 0);
     settings.tls_ca_pem = Some(ca_pem);
     let store = RedisStore::connect(settings).unwrap();
-    slot_migration(cluster, store, 0).await;
+    (cluster, store)
 }
 
 /// A cluster, with a replica of both the store's master and the one its slot will move
@@ -1596,11 +1603,8 @@ async fn a_cluster_store_whose_master_dies_is_unavailable_in_time_then_recovers(
 /// TLS, so the master is reached on its TLS port, with the URL's password and CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_over_tls_with_a_password() {
-    let cluster = RedisCluster::start_tls("s3cret-pw");
-    let (url, ca_pem) = cluster.tls_url_away_from(CLUSTER_TAG);
-    let mut settings = cluster_settings(url, vec![], Duration::from_secs(600), 0);
-    settings.tls_ca_pem = Some(ca_pem);
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(settings).unwrap());
+    let (cluster, store) = tls_cluster("s3cret-pw");
+    let store: Arc<dyn Store> = Arc::new(store);
     a_claim_is_won_once_then_replayed(store.clone()).await;
     a_one_time_password_is_taken_once(store.clone()).await;
     assert!(!format!("{store:?}").contains("s3cret-pw"));
