@@ -312,10 +312,12 @@ fn bound(connection: &mut redis::Connection, deadline: Instant) -> RedisResult<(
     connection.set_write_timeout(Some(left))
 }
 
+/// What is left of the call's time; past `deadline`, a timeout (HTTP 503 "no answer
+/// within …", like any other call that ran out of time).
 fn left(deadline: Instant) -> RedisResult<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(tryagain_until_deadline());
+        return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
     }
     Ok(left)
 }
@@ -477,6 +479,12 @@ mod tests {
         let mut rounds = Rounds::new(vec![&a, &b], false);
         send(&mut rounds);
         assert!(rounds.take(vec![ok()]).is_err());
+    }
+
+    #[test]
+    fn out_of_time_before_a_round_is_a_timeout() {
+        assert!(left(Instant::now()).unwrap_err().is_timeout());
+        assert!(left(Instant::now() + Duration::from_secs(1)).is_ok());
     }
 
     #[test]
