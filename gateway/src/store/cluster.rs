@@ -14,8 +14,8 @@
 //! master serves that slot (`CLUSTER SLOTS`), at start, every `recheck`, and at once when
 //! a command is redirected (`-MOVED`, a failover or a finished resharding) or its
 //! connection drops. While the slot migrates, `-ASK` is followed command by command
-//! ([`super::migration`]). One shard is plenty: an enrollment costs two commands, and a shard serves tens
-//! of thousands a second. Cluster mode is for the managed services that offer nothing
+//! ([`super::migration`]). One shard is plenty: an enrollment costs two commands, and a
+//! shard serves tens of thousands a second. Cluster mode is for the managed services that offer nothing
 //! else (ElastiCache Serverless, Memorystore for Redis Cluster) and for operators who
 //! run a cluster anyway; it spreads nothing over the shards.
 
